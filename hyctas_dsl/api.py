@@ -1,0 +1,130 @@
+"""load / loads / dump / dumps / validate: the json-module-shaped front door."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO, Union
+
+from hyctas_dsl.ast import Arch, Module, Space, Span
+from hyctas_dsl.errors import Diagnostic, HyctasError
+from hyctas_dsl.ops import OPS
+from hyctas_dsl.parser import parse
+from hyctas_dsl.printer import dumps as _dumps
+from hyctas_dsl.printer import format_op
+from hyctas_dsl.validate import check_module
+
+__all__ = ["read_text", "loads", "load", "dumps", "dump", "check", "validate", "canonical_key"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def read_text(path: PathLike) -> str:
+    """Read a source file as UTF-8. OSError (missing, directory, unreadable) propagates;
+    bytes that are not UTF-8 raise HY005 at the first bad byte."""
+    data = Path(path).read_bytes()
+    return decode(data, str(path))
+
+
+def decode(data: bytes, path: str | None = None) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        head = data[: e.start]
+        line = head.count(b"\n") + 1
+        col = e.start - (head.rfind(b"\n") + 1) + 1
+        span = Span(line=line, column=col, end_line=line, end_column=col + 1)
+        shown = head.decode("utf-8", errors="replace").splitlines()
+        src = "\n".join(shown) if shown else None
+        raise HyctasError(
+            [Diagnostic("HY005", f"byte 0x{data[e.start]:02x} is not UTF-8", span, "save the file as UTF-8 text", path, src)]
+        ) from None
+
+
+def check(module: Module, space: Space | None = None) -> list[Diagnostic]:
+    """Every rule violation of a parsed module (empty when valid)."""
+    return check_module(module, space)
+
+
+def validate(module: Module, space: Space | None = None, *, source: str | None = None, path: str | None = None) -> Module:
+    """Return ``module`` if it is valid against ``space``; raise HyctasError listing every
+    violation otherwise (with ``source`` shown under each)."""
+    diags = check_module(module, space)
+    if diags:
+        raise HyctasError(diags).with_source(source, path)
+    return module
+
+
+def loads(text: str, path: str | None = None, *, space: Space | None = None, check_rules: bool = True) -> Module:
+    """Parse (and by default validate) source text."""
+    module = parse(text, path)
+    if check_rules:
+        validate(module, space, source=text, path=path)
+    return module
+
+
+def load(fp: PathLike | IO, *, space: Space | None = None, check_rules: bool = True) -> Module:
+    """Parse (and by default validate) a file, given as a path or an open file."""
+    if hasattr(fp, "read"):
+        data = fp.read()
+        path = getattr(fp, "name", None)
+        text = decode(data, path) if isinstance(data, bytes) else data
+    else:
+        path = str(fp)
+        text = read_text(fp)
+    return loads(text, path, space=space, check_rules=check_rules)
+
+
+def dumps(obj: Module | Arch | Space, comments: bool = True) -> str:
+    """Canonical source text."""
+    return _dumps(obj, comments=comments)
+
+
+def dump(obj: Module | Arch | Space, fp: PathLike | IO) -> None:
+    """Write canonical text to an open file, or atomically to a path."""
+    text = dumps(obj)
+    if hasattr(fp, "write"):
+        fp.write(text)
+        return
+    write_atomic(Path(fp), text)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def canonical_key(arch: Arch) -> str:
+    """A one-line key that is equal exactly for architectures that compute the same network
+    (names, branch order and meta excluded), for de-duplication, logs and tables
+    (NAS-Bench-201's ``to_unique_str``).
+
+    Example: ``F12 L11 (32)/8 | zconv2.8 zconv.8v zconv.8 ...``; ``v`` marks a downsampling
+    cell, fusion nodes follow as ``0>1@3`` (branch indices in order of final stride).
+    """
+    order = sorted(arch.branches, key=lambda b: (b.final_stride(), [str(c) for c in b.cells]))
+    index = {b.name: i for i, b in enumerate(order)}
+    parts = [
+        f"F{arch.filters} L{arch.layers} ({','.join(str(s) for s in arch.head.strides)})/{arch.head.output_stride}"
+    ]
+    for b in order:
+        cells = []
+        for c in b.cells:
+            spec = OPS.get(c.op.name)
+            args = tuple(
+                (k, v) for k, v in c.op.args if spec is None or k not in spec.args or spec.args[k].default != v
+            )
+            op = format_op(c.op.model_copy(update={"args": args}))
+            cells.append(f"{op}.{c.width}{'v' if c.down else ''}")
+        parts.append(" ".join(cells))
+    fusions = sorted(f"{index.get(f.src, f.src)}>{index.get(f.dst, f.dst)}@{f.after}" for f in arch.fusions)
+    if fusions:
+        parts.append("fuse " + " ".join(fusions))
+    return " | ".join(parts)

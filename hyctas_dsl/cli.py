@@ -1,0 +1,251 @@
+"""The ``hyctas`` command line: a thin layer over the library.
+
+Exit codes (black's convention): 0 success; 1 invalid input, or `fmt --check` would change a
+file; 2 usage errors and files that cannot be read; 123 an internal error (a bug: please
+report it). Commands that need torch import it inside the command, so ``hyctas --help``,
+``validate``, ``fmt`` and ``draw`` start fast and work without torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from hyctas_dsl.api import canonical_key, decode, write_atomic
+from hyctas_dsl.ast import Module, Space
+from hyctas_dsl.errors import HyctasError
+from hyctas_dsl.parser import parse
+from hyctas_dsl.printer import dumps
+from hyctas_dsl.validate import check_module
+
+LANGUAGE_TOUR = """\
+hyctas describes HyCTAS search spaces and architectures in a small text language:
+
+\b
+    hyctas 1
+\b
+    # a two-branch architecture: one stays at stride 8, one goes to 16
+    arch tiny {
+      filters 12
+      layers 4
+      head (8, 16) output_stride 8
+      branch hi {
+        1..4 conv w12
+      }
+      branch lo {
+        1 conv w12
+        2 zconv w8 down
+        3 attn(heads=4) w8
+        4 zconv2 w12
+      }
+      fuse lo -> hi after 3
+    }
+
+Ops: skip conv zconv zconv2 attn. Widths are twelfths (w4 .. w12); `down` halves the
+resolution. `fuse a -> b after L` adds branch a's layer-L output to branch b. The head lists
+the branches' final strides. See docs/language.md for every construct and rule.
+"""
+
+app = typer.Typer(
+    name="hyctas",
+    help=LANGUAGE_TOUR,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# Commands that live in their own modules register themselves here (each module defines
+# ``register(app)``), so the CLI grows without one file owning every command.
+COMMAND_MODULES: list[str] = []
+
+
+class UsageProblem(Exception):
+    """A file that cannot be read, or options that do not fit: one line, exit 2."""
+
+
+def fail_usage(message: str) -> "typer.Exit":
+    typer.echo(f"hyctas: error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def read_source(path: str) -> str:
+    """Read a file for a command; one-line error and exit 2 when it cannot be read."""
+    if path == "-":
+        return decode(sys.stdin.buffer.read(), "<stdin>")
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise fail_usage(f"{path}: is a directory, not a .hy file")
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise fail_usage(f"{path}: no such file") from None
+    except PermissionError:
+        raise fail_usage(f"{path}: permission denied") from None
+    except OSError as e:
+        raise fail_usage(f"{path}: cannot read ({e.strerror or e})") from None
+    return decode(data, path)
+
+
+def load_space(path: Optional[str]) -> Optional[Space]:
+    """The ``--space`` option: a file with exactly one valid space."""
+    if path is None:
+        return None
+    text = read_source(path)
+    try:
+        module = parse(text, path)
+    except HyctasError as e:
+        typer.echo(e.render(), err=True)
+        raise fail_usage(f"{path}: the space file does not parse") from None
+    if len(module.spaces) != 1:
+        raise fail_usage(f"{path}: expected exactly one `space`, found {len(module.spaces)}")
+    diags = check_module(Module(decls=module.spaces))
+    if diags:
+        typer.echo(HyctasError(diags).with_source(text, path).render(), err=True)
+        raise fail_usage(f"{path}: the space is not valid")
+    return module.spaces[0]
+
+
+def load_checked(path: str, space: Optional[Space] = None) -> tuple[str, Module]:
+    """Read, parse and validate one file for a command; print errors and exit 1 if invalid."""
+    text = read_source(path)
+    try:
+        module = parse(text, path)
+        diags = check_module(module, space)
+        if diags:
+            raise HyctasError(diags).with_source(text, path)
+    except HyctasError as e:
+        typer.echo(e.render())
+        raise typer.Exit(1) from None
+    return text, module
+
+
+@app.command()
+def validate(
+    files: List[str] = typer.Argument(..., help="Source files (.hy); `-` reads standard input."),
+    space: Optional[str] = typer.Option(
+        None, "--space", help="Check archs against this space file (default: a space in the same file, else the paper's)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON report for tools instead of text."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print errors only."),
+) -> None:
+    """Check files against the language and the search space: syntax, the paper's four
+    search constraints (section 3.4) and every structural rule. All violations are reported,
+    each as `file:line:col: CODE message` with the source line and a caret.
+
+    Exit 0 when every file is valid, 1 when any is not, 2 when a file cannot be read.
+    """
+    sp = load_space(space)
+    report = []
+    n_bad = 0
+    for path in files:
+        text = read_source(path)
+        try:
+            module = parse(text, path)
+            diags = [d.with_source(text, path) for d in check_module(module, sp)]
+        except HyctasError as e:
+            module, diags = None, list(e.diagnostics)
+        n_bad += bool(diags)
+        entry = {"path": path, "valid": not diags, "diagnostics": [d.to_json() for d in diags]}
+        if module is not None and not diags:
+            entry["archs"] = [{"name": a.name, "key": canonical_key(a)} for a in module.archs]
+            entry["spaces"] = [s.name for s in module.spaces]
+        report.append(entry)
+        if not as_json:
+            for d in diags:
+                typer.echo(d.render() + "\n")
+            if not diags and not quiet:
+                names = ", ".join(
+                    [f"arch {a.name}" for a in module.archs] + [f"space {s.name}" for s in module.spaces]
+                ) or "no declarations"
+                typer.echo(f"{path}: ok ({names})")
+    if as_json:
+        typer.echo(json.dumps({"files": report, "valid": n_bad == 0}, indent=2))
+    elif n_bad:
+        n_err = sum(len(r["diagnostics"]) for r in report)
+        typer.echo(f"Found {n_err} error{'s' * (n_err != 1)} in {n_bad} file{'s' * (n_bad != 1)}.")
+    raise typer.Exit(1 if n_bad else 0)
+
+
+@app.command()
+def fmt(
+    files: List[str] = typer.Argument(..., help="Source files to format in place; `-` formats standard input to standard output."),
+    check: bool = typer.Option(False, "--check", help="Change nothing; exit 1 if any file would change."),
+    diff: bool = typer.Option(False, "--diff", help="Change nothing; print a unified diff of what would change."),
+) -> None:
+    """Rewrite files in the canonical form: one fact per line, runs of three or more
+    identical cells as `a..b`, comments kept. Files are written atomically.
+
+    Exit 0 when done (or nothing would change), 1 when `--check` finds a file to change or a
+    file does not parse, 2 when a file cannot be read.
+    """
+    changed = bad = 0
+    for path in files:
+        text = read_source(path)
+        try:
+            module = parse(text, path)
+        except HyctasError as e:
+            typer.echo(e.render() + "\n")
+            bad += 1
+            continue
+        out = dumps(module)
+        _check_stable(module, out, path)
+        if path == "-":
+            if not (check or diff):
+                sys.stdout.write(out)
+            changed += out != text
+            continue
+        if out == text:
+            continue
+        changed += 1
+        if diff:
+            typer.echo("".join(difflib.unified_diff(text.splitlines(True), out.splitlines(True), path, path)), nl=False)
+        elif check:
+            typer.echo(f"would reformat {path}")
+        else:
+            write_atomic(Path(path), out)
+            typer.echo(f"reformatted {path}", err=True)
+    if bad or (check and changed):
+        raise typer.Exit(1)
+
+
+def _check_stable(module: Module, out: str, path: str) -> None:
+    """Black's safety net: the output must parse to the same AST and format to itself."""
+    again = parse(out, path)
+    if again != module or dumps(again) != out:
+        typer.echo(f"hyctas: internal error: formatting {path} is not stable; nothing was written", err=True)
+        raise typer.Exit(123)
+
+
+@app.command()
+def key(files: List[str] = typer.Argument(..., help="Source files (.hy).")) -> None:
+    """Print the one-line canonical key of each arch (meta excluded), for de-duplication,
+    logs and tables."""
+    for path in files:
+        _text, module = load_checked(path)
+        for a in module.archs:
+            typer.echo(f"{a.name}\t{canonical_key(a)}")
+
+
+def _register_commands() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+def main() -> None:
+    _register_commands()
+    try:
+        app()
+    except HyctasError as e:  # a user's mistake that reached here: still no traceback
+        typer.echo(e.render(), err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
