@@ -9,7 +9,7 @@ Dataset in :mod:`hyctas_dsl.data.loader` wraps a source with a transform.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -67,7 +67,6 @@ class DatasetInfo:
     crop: tuple[int, int] = (512, 1024)
     scale_range: tuple[float, float] = (0.5, 2.0)
     hflip: bool = True
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if len(self.palette) != len(self.classes):
