@@ -63,6 +63,15 @@ RULES = {
     "HY213": "filter multiplier not in the space",
     "HY214": "bad op argument",
     "HY301": "malformed space",
+    "HY401": "arch has more layers than the supernet",
+    "HY402": "op not in the supernet",
+    "HY403": "width not in the supernet, or channels beyond its maximum",
+    "HY404": "stride not in the supernet",
+    "HY405": "head or output stride not in the supernet",
+    "HY406": "filter multiplier not in the supernet",
+    "HY407": "attention bottleneck wider than the supernet's",
+    "HY408": "class count does not match",
+    "HY409": "not a readable hyctas checkpoint",
 }
 
 
