@@ -1,0 +1,118 @@
+"""Pieces that supernet training, search and retraining share: resolving a space, the
+step-indexed batch order that makes ``--resume`` exact, and the loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from hyctas_dsl.ast import Space
+from hyctas_dsl.errors import HyctasError
+
+__all__ = ["resolve_space", "StepBatches", "StepDataset", "step_loader", "seg_loss", "IGNORE"]
+
+IGNORE = 255
+
+
+def resolve_space(spec: str) -> Space:
+    """A space file, or the name of one shipped in archs/ (``digits``, ``paper``)."""
+    from hyctas_dsl.api import read_text
+    from hyctas_dsl.parser import parse
+    from hyctas_dsl.spaces import zoo_files, zoo_path
+    from hyctas_dsl.validate import check_space
+
+    path = Path(spec)
+    if path.is_file():
+        text, name = read_text(path), str(path)
+    else:
+        candidates = [f"{spec}_space.hy", f"{spec}.hy"]
+        found = next((c for c in candidates if c in zoo_files()), None)
+        if found is None:
+            raise FileNotFoundError(
+                f"no space file `{spec}`: give a path, or one of "
+                + ", ".join(f[: -len('_space.hy')] for f in zoo_files() if f.endswith("_space.hy"))
+            )
+        text, name = zoo_path(found).read_text(encoding="utf-8"), found
+    module = parse(text, name)
+    if len(module.spaces) != 1:
+        raise FileNotFoundError(f"{name}: expected exactly one `space`, found {len(module.spaces)}")
+    diags = check_space(module.spaces[0])
+    if diags:
+        raise HyctasError(diags).with_source(text, name)
+    return module.spaces[0]
+
+
+def step_batch(step: int, batch: int, n: int, seed: int) -> list[tuple[int, int]]:
+    """The global batch of training step ``step``: (epoch, index) pairs read off a sequence of
+    per-epoch permutations seeded by (seed, epoch). A pure function of its arguments, so a
+    resumed run sees exactly the batches an uninterrupted one would."""
+    start = step * batch
+    out: list[tuple[int, int]] = []
+    epoch, offset = divmod(start, n)
+    while len(out) < batch:
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        take = perm[offset : offset + batch - len(out)]
+        out.extend((epoch, int(i)) for i in take)
+        epoch, offset = epoch + 1, 0
+    return out
+
+
+class StepBatches(Sampler[list]):
+    """Batches for steps ``start .. stop-1``; rank r of w takes every w-th sample."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int, rank: int = 0, world: int = 1):
+        if batch % world:
+            raise ValueError(f"the global batch {batch} must divide evenly over {world} processes")
+        self.n, self.batch, self.seed, self.start, self.stop = n, batch, seed, start, stop
+        self.rank, self.world = rank, world
+
+    def __iter__(self) -> Iterator[list]:
+        for step in range(self.start, self.stop):
+            yield step_batch(step, self.batch, self.n, self.seed)[self.rank :: self.world]
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+
+class StepDataset(Dataset):
+    """Indexes a SegmentationDataset by (epoch, index), so augmentation is seeded per sample."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        return self.dataset.get(index, epoch)
+
+
+def step_loader(dataset, batch: int, seed: int, start: int, stop: int, rank: int, world: int, workers: int) -> DataLoader:
+    from hyctas_dsl.data import pad_collate
+
+    sampler = StepBatches(len(dataset), batch, seed, start, stop, rank, world)
+    return DataLoader(
+        StepDataset(dataset),
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=pad_collate,
+        worker_init_fn=_one_thread if workers else None,
+    )
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)
+
+
+def seg_loss(logits: torch.Tensor, labels: torch.Tensor, normalizer: float | None = None) -> torch.Tensor:
+    """Pixel cross-entropy, ignoring label 255. With ``normalizer`` (the global count of
+    labelled pixels over all ranks) the per-rank sums add up to the global mean."""
+    if normalizer is None:
+        return F.cross_entropy(logits, labels, ignore_index=IGNORE)
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum") / max(normalizer, 1.0)

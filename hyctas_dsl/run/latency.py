@@ -1,0 +1,96 @@
+"""Latency as the paper measures it (section 4.2, "Evaluation"): batch 1, the input already
+on the device, a warm-up until steady, then timed runs for a fixed time; we report the median
+and the spread, always with the protocol that produced them."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+__all__ = ["Latency", "measure_latency"]
+
+
+@dataclass(frozen=True)
+class Latency:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+    device: str
+    dtype: str
+    input: str
+    backend: str
+    warmup_s: float
+    timed_s: float
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.median_ms
+
+    @property
+    def protocol(self) -> str:
+        return (
+            f"batch 1, {self.input}, {self.device}, {self.dtype}, {self.backend}, "
+            f"warm-up {self.warmup_s:g} s, median of {self.runs} runs in {self.timed_s:g} s"
+        )
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["protocol"] = self.protocol
+        return d
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: torch.nn.Module,
+    input_size: tuple[int, int],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    warmup_s: float = 0.5,
+    timed_s: float = 6.0,
+    min_runs: int = 3,
+    backend: str = "eager",
+    channels_last: bool = False,
+) -> Latency:
+    """Time ``model`` on one ``3 x H x W`` image already on ``device``."""
+    device = torch.device(device)
+    model = model.eval().to(device=device, dtype=dtype)
+    x = torch.randn(1, 3, *input_size, device=device, dtype=dtype)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    t_end = time.perf_counter() + warmup_s
+    model(x)  # at least one warm-up run, whatever warmup_s says
+    while time.perf_counter() < t_end:
+        model(x)
+    _sync(device)
+    times: list[float] = []
+    t_stop = time.perf_counter() + timed_s
+    while time.perf_counter() < t_stop or len(times) < min_runs:
+        t0 = time.perf_counter()
+        model(x)
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    times.sort()
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    return Latency(
+        median_ms=statistics.median(times),
+        p10_ms=q[0],
+        p90_ms=q[-1],
+        runs=len(times),
+        device=str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        dtype=name,
+        input=f"1x3x{input_size[0]}x{input_size[1]}",
+        backend=backend + (", channels-last" if channels_last else ""),
+        warmup_s=warmup_s,
+        timed_s=timed_s,
+    )
