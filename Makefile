@@ -33,5 +33,12 @@ test: setup
 bench: setup
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# The zoo as diagrams (docs/images/NAME.svg and .png), regenerated from the code so the
+# pictures never drift from it; needs Graphviz's `dot` (setup installs it where it can).
+docs: setup
+	@mkdir -p docs/images
+	for f in archs/*.hy; do n=$$(basename $$f .hy); \
+	  for ext in svg png; do $(BIN)/hyctas draw $$f -o docs/images/$$n.$$ext || exit 1; done; done
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

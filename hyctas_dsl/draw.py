@@ -188,7 +188,7 @@ class _Grid:
                 pos = [start + i for i in range(k)]
             for p, w in zip(pos, want):
                 lane_of[w[3].id] = p
-        # Rows from the top; a row with one lane is centred on the others' spacing.
+        # Rows from the top, each as tall as its lanes need.
         self.row_y: dict[int, tuple[float, float]] = {}  # stride -> (y of lane 0, y of last lane)
         y = 0.0
         for s in rows:
@@ -263,7 +263,7 @@ def _grid_frame(g: graphviz.Digraph, grid: _Grid, layers: int, right: float) -> 
     x0, x1 = 0.5 * _COL - 0.08, right
     for i, s in enumerate(grid.rows):
         top, last = grid.row_y[s]
-        _band(g, f"row{s}", x0, x1, top + _BOX_H / 2 + 0.12, last - _BOX_H / 2 - 0.12, "#F3F3F3" if i % 2 == 0 else "#E9E9E9")
+        _band(g, f"row{s}", x0, x1, top + _BOX_H / 2 + 0.16, last - _BOX_H / 2 - 0.16, "#F3F3F3" if i % 2 == 0 else "#E9E9E9")
         g.node(
             f"row{s}_name",
             label=f"<<B>stride {s}</B><BR/><FONT POINT-SIZE=\"9\">1/{s} resolution</FONT>>",
@@ -273,7 +273,7 @@ def _grid_frame(g: graphviz.Digraph, grid: _Grid, layers: int, right: float) -> 
     top = grid.row_y[grid.rows[0]][0] + _BOX_H / 2 + 0.3
     for layer in range(1, layers + 1):
         g.node(f"L{layer}", label=str(layer), shape="plaintext", fontsize="9", fontcolor="#555555", width="0.2", height="0.2", pos=_pos(layer * _COL, top))
-    g.node("layers_title", label="layer", shape="plaintext", fontsize="9", fontcolor="#555555", pos=_pos(0, top))
+    g.node("layers_title", label="layer", shape="plaintext", fontsize="9", fontcolor="#555555", pos=_pos(-1.3, top))
 
 
 def _render_grid(g: graphviz.Digraph, grid: _Grid, *, diff: bool) -> None:
@@ -457,7 +457,7 @@ def _render_arch(sides: list[tuple[str, Arch]], title: str, caption: list[str]) 
         style="filled,rounded",
         fillcolor="#DDDDDD",
         color="#333333",
-        width="0.7",
+        width="0.8",
         height=_f(_BOX_H),
         fixedsize="true",
         pos=_pos(0, stem_y),
@@ -597,7 +597,7 @@ def draw_space(space: Space) -> graphviz.Digraph:
     top = row_y[strides[0]] + 0.6
     for layer in range(1, L + 1):
         g.node(f"L{layer}", label=str(layer), shape="plaintext", fontsize="9", fontcolor="#555555", width="0.2", height="0.2", pos=_pos(layer * col, top))
-    g.node("layers_title", label="layer", shape="plaintext", fontsize="9", fontcolor="#555555", pos=_pos(0, top))
+    g.node("layers_title", label="layer", shape="plaintext", fontsize="9", fontcolor="#555555", pos=_pos(-1.3, top))
 
     strip = "".join(f'<TD BGCOLOR="{op_color(o)}" WIDTH="5" HEIGHT="16" FIXEDSIZE="TRUE"></TD>' for o in space.ops)
     cell_label = f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0"><TR>{strip}</TR></TABLE>>'

@@ -54,6 +54,14 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     reader never sees half a diagram."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        try:
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -76,14 +84,14 @@ def render(graph, fmt: str) -> bytes:
 def register(app: typer.Typer) -> None:
     @app.command()
     def draw(
-        files: List[str] = typer.Argument(..., help="A .hy file (an arch or a space); with --diff, two files."),
-        output: str = typer.Option(..., "--output", "-o", help="Output file: .svg, .png, .pdf or .dot (.gv)."),
+        files: List[str] = typer.Argument(..., metavar="FILE", help="A .hy file (an arch or a space); with --diff, two files."),
+        output: str = typer.Option(..., "--output", "-o", metavar="OUT", help="Output file: .svg, .png, .pdf or .dot (.gv)."),
         diff: bool = typer.Option(False, "--diff", help="Draw two architectures on one grid, differences highlighted."),
         arch: Optional[List[str]] = typer.Option(
-            None, "--arch", help="Which declaration to draw when a file has several; with --diff, once for both files or once per file."
+            None, "--arch", metavar="NAME", help="Which declaration to draw when a file has several; with --diff, once for both files or once per file."
         ),
         space: Optional[str] = typer.Option(
-            None, "--space", help="Check archs against this space file (default: a space in the same file, else the paper's)."
+            None, "--space", metavar="SPACE.hy", help="Check archs against this space file (default: a space in the same file, else the paper's)."
         ),
     ) -> None:
         """Draw an architecture (the paper's Figure 4), a search space (Figure 1) or, with
