@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 import typer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import hyctas_dsl as hy
 from hyctas_dsl.commands import draw as draw_cmd
-from hyctas_dsl.draw import OP_COLORS, diff_cells, draw, draw_diff, draw_space
+from hyctas_dsl.draw import _BOX_H, _BOX_W, OP_COLORS, diff_cells, draw, draw_diff, draw_space
 from hyctas_dsl.graph import build_graph
 from tests.conftest import ARCHS, ROOT
 
@@ -184,6 +186,78 @@ def test_space_view():
     for op in sp.ops:  # each op listed once in the choices, with its colour in the strip
         assert OP_COLORS[op] in src
     assert "(8,16,32)" in src and "w4 w6 w8 w10 w12" in src and "32 GiB" in src
+
+
+@st.composite
+def archs(draw_, max_layers: int = 20) -> hy.Arch:
+    """Valid architectures of the paper's space, with shared prefixes and fusion nodes
+    (branches are made from a common trunk so that prefixes really are shared)."""
+    head = draw_(st.sampled_from([(8,), (16,), (32,), (8, 16), (8, 32), (8, 16, 32)]))
+    layers = draw_(st.integers(len(head) + 1, max_layers))
+    ops = st.sampled_from(["skip", "conv", "zconv", "zconv2", "attn"])
+    trunk_len = draw_(st.integers(0, layers - 2))
+    trunk = [(draw_(ops), draw_(st.sampled_from([4, 8, 12]))) for _ in range(trunk_len)]
+    branches = []
+    for i, final in enumerate(head):
+        n_down = {8: 0, 16: 1, 32: 2}[final]
+        downs = set(draw_(st.lists(st.integers(trunk_len + 1, layers), min_size=n_down, max_size=n_down, unique=True)))
+        cells = []
+        for layer in range(1, layers + 1):
+            op, w = trunk[layer - 1] if layer <= trunk_len else (draw_(ops), draw_(st.sampled_from([4, 8, 12])))
+            down = layer in downs
+            op = "conv" if down and op == "skip" else op
+            cells.append(f"{layer} {op} w{w}" + (" down" if down else ""))
+        branches.append(f"branch b{i} {{ " + " ".join(cells) + " }")
+    fusions = []
+    if len(head) > 1:
+        for _ in range(draw_(st.integers(0, 3))):
+            src, dst = draw_(st.permutations(range(len(head))))[:2]
+            fusions.append(f"fuse b{src} -> b{dst} after {draw_(st.integers(1, layers - 1))}")
+    text = (
+        f"hyctas 1\narch r {{ filters 12 layers {layers} head ({', '.join(map(str, head))})\n"
+        + "\n".join(branches + sorted(set(fusions)))
+        + "\n}\n"
+    )
+    module = hy.parse(text)
+    if hy.check(module):  # e.g. two branches downsampling at the same layers (constraint 2)
+        from hypothesis import reject
+
+        reject()
+    return module.archs[0]
+
+
+def positions(source: str) -> dict[str, tuple[float, float]]:
+    out = {}
+    for k, v in cell_nodes(source).items():
+        x, y = re.search(r'pos="([-\d.]+),([-\d.]+)!"', v).groups()
+        out[k] = (float(x), float(y))
+    return out
+
+
+@settings(max_examples=40 if not os.environ.get("CI") else 25)
+@given(archs())
+def test_layout_never_overlaps_and_draws_every_computation(a):
+    src = draw(a).source
+    pos = positions(src)
+    g = build_graph(a)
+    assert len(pos) == sum(1 for _n, d in g.nodes(data=True) if d["kind"] == "cell")
+    items = sorted(pos.items())
+    for i, (n1, (x1, y1)) in enumerate(items):
+        for n2, (x2, y2) in items[i + 1 :]:
+            assert abs(x1 - x2) >= _BOX_W or abs(y1 - y2) >= _BOX_H, (n1, n2)
+    assert len([k for k, v in nodes(src).items() if "shape=diamond" in v]) == len(a.fusions)
+    assert draw(a).source == src
+
+
+@settings(max_examples=25)
+@given(archs(max_layers=8), archs(max_layers=8))
+def test_diff_layout_never_overlaps(a, b):
+    pos = positions(draw_diff(a, b).source)
+    items = sorted(pos.items())
+    for i, (n1, (x1, y1)) in enumerate(items):
+        for n2, (x2, y2) in items[i + 1 :]:
+            assert abs(x1 - x2) >= _BOX_W or abs(y1 - y2) >= _BOX_H + 0.08, (n1, n2)
+    assert diff_cells(a, a) == [] and draw_diff(a, b).source == draw_diff(a, b).source
 
 
 # ------------------------------------------------------------------------------- rendering
