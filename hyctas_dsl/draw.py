@@ -517,8 +517,9 @@ def _render_arch(sides: list[tuple[str, Arch]], title: str, caption: list[str]) 
     extra = [
         ("↓2", "downsampling cell"),
         ("w8", "width 8/12"),
-        ("◆", "fusion node (gate, dashed)"),
     ]
+    if grid.gates:
+        extra.append(("◆", "fusion node (gate, dashed)"))
     if len(grid.branch_order) > 1:
         extra.append(("━", "thicker: shared by more branches"))
     if any(e.kind == "stem4" for e in grid.edges.values()):
