@@ -63,7 +63,7 @@ app = typer.Typer(
 
 # Commands that live in their own modules register themselves here (each module defines
 # ``register(app)``), so the CLI grows without one file owning every command.
-COMMAND_MODULES: list[str] = ["hyctas_dsl.commands.draw", "hyctas_dsl.commands.compile"]
+COMMAND_MODULES: list[str] = ["hyctas_dsl.commands.draw", "hyctas_dsl.commands.compile", "hyctas_dsl.commands.train_supernet"]
 
 
 class UsageProblem(Exception):

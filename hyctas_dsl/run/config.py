@@ -48,7 +48,7 @@ class SupernetConfig(_Config):
     weight_decay: float = Field(5e-4, ge=0)
     seed: int = 0
     checkpoint_every: int = Field(100, ge=1)
-    workers: int = Field(2, ge=0, description="DataLoader worker processes")
+    workers: Optional[int] = Field(None, ge=0, description="DataLoader workers (default: 0 for in-memory digits, else 2)")
     device: str = "auto"
 
 

@@ -141,7 +141,7 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
         )
         _trim_log(out / "log.jsonl", start)
 
-    loader = step_loader(train_set, cfg.batch, cfg.seed, start, cfg.steps, info.rank, info.world, cfg.workers)
+    loader = step_loader(train_set, cfg.batch, cfg.seed, start, cfg.steps, info.rank, info.world, default_workers(cfg))
     bar = None
     if progress and info.is_main:
         from tqdm import tqdm
@@ -198,6 +198,13 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     if info.is_main and start >= cfg.steps and not (out / SUPERNET).exists():
         save_supernet(supernet, out / SUPERNET)
     return SupernetResult(out, cfg.steps, loss_value, time.perf_counter() - t0)
+
+
+def default_workers(cfg) -> int:
+    """In-memory digit scenes cost less to make than to send between processes."""
+    if cfg.workers is not None:
+        return cfg.workers
+    return 0 if cfg.data.split(":")[0] == "digits" else 2
 
 
 def _trim_log(path: Path, step: int) -> None:

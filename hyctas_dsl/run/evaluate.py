@@ -1,0 +1,146 @@
+"""Candidate evaluation with the supernet's weights (paper section 4.2, "Search"):
+recompute BatchNorm statistics on a fixed random subset of training images, then measure
+mIoU on the validation split; costs come from the analytic model and latency from the
+measurement protocol of ``latency.py``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from hyctas_dsl.api import canonical_key
+from hyctas_dsl.ast import Arch
+from hyctas_dsl.cost import arch_cost
+
+__all__ = ["CandidateEvaluator", "recalibrate_bn", "evaluate_miou", "Timings"]
+
+
+def _batchnorms(module: nn.Module):
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_bn(view: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Reset the BatchNorm statistics a subnet uses and recompute them as a plain average
+    over ``batches`` (momentum None), in training mode without gradients."""
+    owners = getattr(view, "ops", view)
+    for m in _batchnorms(owners):
+        m.reset_running_stats()
+    skeleton = getattr(view, "net", view)
+    saved = [(m, m.momentum) for m in _batchnorms(skeleton)]
+    for m, _ in saved:
+        m.momentum = None
+    view.train()
+    try:
+        for x in batches:
+            view(x)
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+        view.eval()
+
+
+@torch.no_grad()
+def evaluate_miou(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], classes: int) -> float:
+    from hyctas_dsl.data import ConfusionMatrix
+
+    model.eval()
+    cm = ConfusionMatrix(classes)
+    for x, y in batches:
+        cm.update(model(x).argmax(1), y)
+    return float(cm.miou())
+
+
+@dataclass
+class Timings:
+    """Where the search's time goes (issue 4, evidence 3)."""
+
+    bn: float = 0.0
+    eval: float = 0.0
+    latency: float = 0.0
+    cost: float = 0.0
+    compile: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def add(self, other: "Timings") -> None:
+        for k in ("bn", "eval", "latency", "cost", "compile"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+    def to_json(self) -> dict:
+        return {"bn_recalibration": self.bn, "evaluation": self.eval, "latency": self.latency, "cost_model": self.cost, "compile": self.compile}
+
+
+class CandidateEvaluator:
+    """Evaluates architectures on one supernet: mIoU after BN recalibration, MACs, params,
+    training-memory estimate and measured latency."""
+
+    def __init__(
+        self,
+        supernet,
+        train_set,
+        val_set,
+        bn_images: int,
+        val_images: int,
+        seed: int,
+        device: torch.device,
+        latency_input: tuple[int, int],
+        latency_seconds: float,
+        batch: int = 32,
+    ):
+        self.supernet = supernet.to(device).eval()
+        self.device = device
+        self.classes = supernet.classes
+        self.latency_input = latency_input
+        self.latency_seconds = latency_seconds
+        self.timings = Timings()
+        rng = np.random.default_rng([seed, 1000])
+        bn_idx = sorted(rng.choice(len(train_set), size=min(bn_images, len(train_set)), replace=False).tolist())
+        val_idx = list(range(min(val_images, len(val_set))))
+        # The same images for every candidate, loaded once: comparisons are fair and cheap.
+        self.bn_batches = [b[0].to(device) for b in _batches(train_set, bn_idx, batch)]
+        self.val_batches = [(x.to(device), y.to(device)) for x, y in _batches(val_set, val_idx, batch)]
+        self.data_size = tuple(self.val_batches[0][0].shape[-2:]) if self.val_batches else latency_input
+
+    def __call__(self, arch: Arch, measure_latency: bool = True) -> dict:
+        from hyctas_dsl.compiler import export
+        from hyctas_dsl.run.latency import measure_latency as measure
+
+        t = time.perf_counter()
+        view = self.supernet.subnet(arch)
+        t_view = time.perf_counter()
+        recalibrate_bn(view, self.bn_batches)
+        t_bn = time.perf_counter()
+        miou = evaluate_miou(view, self.val_batches, self.classes)
+        t_eval = time.perf_counter()
+        rep = arch_cost(arch, self.data_size, self.classes)
+        t_cost = time.perf_counter()
+        self.timings.compile += t_view - t
+        self.timings.bn += t_bn - t_view
+        self.timings.eval += t_eval - t_bn
+        self.timings.cost += t_cost - t_eval
+        out = {
+            "key": canonical_key(arch),
+            "miou": miou,
+            "macs": rep.total.macs,
+            "params": rep.total.params,
+            "branches": len(arch.branches),
+        }
+        if measure_latency:
+            t0 = time.perf_counter()
+            model = export(arch, self.supernet, self.classes)
+            lat = measure(model, self.latency_input, self.device, timed_s=self.latency_seconds, warmup_s=min(0.2, self.latency_seconds))
+            self.timings.latency += time.perf_counter() - t0
+            out["latency_ms"] = lat.median_ms
+            out["latency_protocol"] = lat.protocol
+        return out
+
+
+def _batches(dataset, indices: list[int], batch: int):
+    from hyctas_dsl.data import pad_collate
+
+    for i in range(0, len(indices), batch):
+        yield pad_collate([dataset.get(j, 0) for j in indices[i : i + batch]])
