@@ -11,6 +11,7 @@ same thing, wherever they were written.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Mapping, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +50,11 @@ class Span(BaseModel):
 _LOCATION_FIELDS = frozenset({"span", "spans"})
 
 
+@lru_cache(maxsize=None)
+def _semantic_names(cls: type) -> tuple[str, ...]:
+    return tuple(name for name in cls.model_fields if name not in _LOCATION_FIELDS)
+
+
 class Node(BaseModel):
     """Base of every AST node: frozen, strict about unknown fields, location-blind equality."""
 
@@ -60,9 +66,10 @@ class Node(BaseModel):
     spans: Mapping[str, Span] = Field(default_factory=dict, repr=False, exclude=True)
 
     def _semantic(self) -> tuple[Any, ...]:
-        return tuple(
-            getattr(self, name) for name in type(self).model_fields if name not in _LOCATION_FIELDS
-        )
+        # Hot path (the graph builder hashes cells many times): read __dict__ directly with
+        # the semantic field names cached per class.
+        d = self.__dict__
+        return tuple([d[name] for name in _semantic_names(type(self))])
 
     def __eq__(self, other: object) -> bool:
         if type(self) is not type(other):

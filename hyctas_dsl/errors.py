@@ -56,12 +56,13 @@ class Diagnostic:
         if src_line is not None and self.span is not None:
             num = str(self.span.line)
             pad = " " * len(num)
-            shown = src_line.expandtabs(1)
             start = max(self.span.column - 1, 0)
             if self.span.end_line == self.span.line:
                 width = max(self.span.end_column - self.span.column, 1)
             else:
-                width = max(len(shown.rstrip()) - start, 1)
+                width = max(len(src_line.rstrip()) - start, 1)
+            shown, start = _window(src_line, start)
+            width = min(width, max(len(shown) - start, 1))
             lines.append(f"{pad} |")
             lines.append(f"{num} | {shown}")
             lines.append(f"{pad} | {' ' * start}{'^' * width}")
@@ -87,11 +88,35 @@ class Diagnostic:
 def _source_line(source: str | None, span: Span | None) -> str | None:
     if source is None or span is None:
         return None
-    lines = source.splitlines()
+    # Split on "\n" only, as the lexer counts lines (str.splitlines would also split on
+    # form feeds, U+2028 and others, and show the wrong line).
+    lines = source.split("\n")
     if 1 <= span.line <= len(lines):
-        # Very long lines (e.g. junk input) are cut so a message stays readable.
-        return lines[span.line - 1][:200]
+        return lines[span.line - 1]
     return None
+
+
+_WIDTH = 100  # longest source excerpt shown under a diagnostic
+
+
+def _window(line: str, start: int) -> tuple[str, int]:
+    """The part of ``line`` shown under a diagnostic, and the caret's offset in it: long lines
+    (e.g. junk input) are cut around the caret, so a message stays readable. Control
+    characters are shown as spaces so the caret stays under its token."""
+    line = line.rstrip("\r\n")
+    if len(line) <= _WIDTH:
+        return _printable(line), start
+    lo = max(0, min(start - _WIDTH // 2, len(line) - _WIDTH))
+    shown = line[lo : lo + _WIDTH]
+    if lo > 0:
+        shown, start = "..." + shown, start - lo + 3
+    if lo + _WIDTH < len(line):
+        shown += "..."
+    return _printable(shown), start
+
+
+def _printable(text: str) -> str:
+    return "".join(" " if (c < " " or c == "\x7f") else c for c in text)
 
 
 class HyctasError(Exception):

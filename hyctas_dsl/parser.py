@@ -10,7 +10,9 @@ same line, else the next statement), so that ``fmt`` can write them back in plac
 
 from __future__ import annotations
 
+import math
 import threading
+from bisect import bisect_right
 from functools import lru_cache
 from importlib.resources import files
 from typing import Any
@@ -54,6 +56,10 @@ _TERMINAL_NAMES = {
     "DOTDOT": "`..`",
     "$END": "the end of the file",
 }
+
+# Layer numbers stop here: a run such as `1..99999999999 conv w12` must not make a few bytes
+# of text expand into billions of cells (the paper's space has 20 layers).
+MAX_LAYER = 1000
 
 _UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 
@@ -178,26 +184,30 @@ def parse(text: str, path: str | None = None) -> Module:
 
 
 def _attach_comments(comments: list[Token], anchors: list[tuple[int, int, tuple]]) -> dict:
-    """Map each anchor to ``{"leading": [...], "trailing": str | None}``."""
+    """Map each anchor to ``{"leading": [...], "trailing": str | None}``.
+
+    A comment on a line that holds a statement trails the first statement of that line; any
+    other comment leads the next statement (or the end of the file). Linear in the number of
+    comments and anchors (bisect), so a huge file with many comments stays fast.
+    """
     out: dict[tuple, dict[str, Any]] = {}
     anchors = sorted(anchors, key=lambda a: (a[0], a[1]))
-    lines_with_items: dict[int, tuple] = {}
-    for line, _col, key in anchors:
-        lines_with_items.setdefault(line, key)
+    lines = [a[0] for a in anchors]
+    first_on_line: dict[int, tuple[int, tuple]] = {}
+    for line, col, key in anchors:
+        first_on_line.setdefault(line, (col, key))
     for tok in comments:
         text = str(tok).rstrip()
         line = tok.line
-        if line in lines_with_items and anchors and _first_col(anchors, line) < tok.column:
-            entry = out.setdefault(lines_with_items[line], {"leading": [], "trailing": None})
+        first = first_on_line.get(line)
+        if first is not None and first[0] < tok.column:
+            entry = out.setdefault(first[1], {"leading": [], "trailing": None})
             entry["trailing"] = text if entry["trailing"] is None else entry["trailing"] + " " + text
             continue
-        key = next((k for ln, _c, k in anchors if ln > line), ("eof",))
+        i = bisect_right(lines, line)
+        key = anchors[i][2] if i < len(anchors) else ("eof",)
         out.setdefault(key, {"leading": [], "trailing": None})["leading"].append(text)
     return out
-
-
-def _first_col(anchors: list[tuple[int, int, tuple]], line: int) -> int:
-    return min(c for ln, c, _k in anchors if ln == line)
 
 
 # ---------------------------------------------------------------------------- tree -> AST
@@ -223,6 +233,14 @@ class _Builder:
         span = _span_of(at)
         if span is not None:
             self.anchors.append((span.line, span.column, key))
+
+    def number(self, tok: Token, what: str = "number") -> int | float | None:
+        """A numeric literal; ``1e999`` (not finite) is an error, so every AST number prints."""
+        value = _number(tok)
+        if isinstance(value, float) and not math.isfinite(value):
+            self.error("HY003", f"{what} `{tok}` is out of range", tok, "write a finite number")
+            return None
+        return value
 
     def whole(self, tok: Token, what: str, minimum: int = 0) -> int | None:
         value = _number(tok)
@@ -280,7 +298,10 @@ class _Builder:
             elif key == "ops":
                 fields[key] = tuple(str(t) for t in args)
             elif key == "branch_prior":
-                fields[key] = tuple(float(_number(t)) for t in args)
+                prior = [self.number(t, "a branch probability") for t in args]
+                if None in prior:
+                    continue
+                fields[key] = tuple(float(v) for v in prior)
             elif key == "heads":
                 fields[key] = tuple(self.stride_set(t) for t in args)
             elif key == "memory":
@@ -288,15 +309,19 @@ class _Builder:
                 if str(unit) not in _UNITS:
                     self.error("HY003", f"unknown memory unit `{unit}`", unit, "use B, KiB, MiB, GiB or TiB")
                     continue
-                value = _number(amount)
+                value = self.number(amount, "the memory limit")
                 h, w = (int(x) for x in str(size).split("x"))
                 b = self.whole(batch, "the batch size", 1)
-                if value is None or value <= 0 or b is None or h < 1 or w < 1:
+                if value is None or b is None:
+                    continue
+                if value <= 0 or h < 1 or w < 1:
                     self.error("HY003", "memory limit, batch and crop must be positive", item)
                     continue
-                fields[key] = MemoryLimit(
-                    bytes=int(value * _UNITS[str(unit)]), batch=b, crop=(h, w), span=_span_of(item)
-                )
+                total = value * _UNITS[str(unit)]
+                if isinstance(total, float) and not math.isfinite(total):
+                    self.error("HY003", f"the memory limit `{amount} {unit}` is out of range", amount)
+                    continue
+                fields[key] = MemoryLimit(bytes=int(total), batch=b, crop=(h, w), span=_span_of(item))
         required = ("filters", "layers", "strides", "ops", "widths", "branch_prior", "heads", "output_strides")
         missing = [k for k in required if k not in fields]
         if missing:
@@ -411,11 +436,11 @@ class _Builder:
         for cell_tree in cells:
             children = cell_tree.children
             first_tok = children[0]
-            first = self.whole(first_tok, "a layer number", 1)
+            first = self.layer_number(first_tok)
             last = first
             rest = children[1:]
             if rest and isinstance(rest[0], Token) and rest[0].type == "DOTDOT":
-                last = self.whole(rest[1], "a layer number", 1)
+                last = self.layer_number(rest[1])
                 rest = rest[2:]
             op_tree, width_tok, *down = rest
             if first is None or last is None:
@@ -444,11 +469,18 @@ class _Builder:
             if op is None:
                 ok = False
                 continue
-            for _ in range(first, last + 1):
-                out.append(Cell(op=op, width=width, down=bool(down), span=span, spans=spans))
+            # AST nodes are frozen, so a run shares one Cell object.
+            out.extend([Cell(op=op, width=width, down=bool(down), span=span, spans=spans)] * (last - first + 1))
         if not ok:
             return None
         return Branch(name=name, cells=tuple(out), span=_span_of(tree), spans={"name": _span_of(name_tok)})
+
+    def layer_number(self, tok: Token) -> int | None:
+        value = self.whole(tok, "a layer number", 1)
+        if value is not None and value > MAX_LAYER:
+            self.error("HY004", f"layer {value} is beyond the largest layer number, {MAX_LAYER}", tok)
+            return None
+        return value
 
     def op(self, tree: Tree) -> OpCall | None:
         name_tok, *rest = tree.children
@@ -461,7 +493,10 @@ class _Builder:
             if key in args:
                 self.error("HY006", f"argument `{key}` given twice", key_tok)
                 return None
-            args[key] = _number(value_tok)
+            value = self.number(value_tok, f"argument `{key}`")
+            if value is None:
+                return None
+            args[key] = value
         return OpCall(
             name=str(name_tok),
             args=tuple(sorted(args.items())),
@@ -483,7 +518,13 @@ class _Builder:
                 self.error("HY006", f"meta key `{key}` given twice", key_tok, "keep one of them")
                 continue
             seen.add(key)
-            out.append(MetaEntry(key=key, value=_meta_value(value_tok), span=_span_of(e)))
+            if value_tok.type == "NUMBER":
+                value = self.number(value_tok, f"meta `{key}`")
+                if value is None:
+                    continue
+            else:
+                value = _meta_value(value_tok)
+            out.append(MetaEntry(key=key, value=value, span=_span_of(e)))
         return out
 
 
@@ -514,7 +555,7 @@ def _unescape(s: str) -> str:
         c = s[i]
         if c == "\\" and i + 1 < len(s):
             nxt = s[i + 1]
-            out.append({"n": "\n", "t": "\t"}.get(nxt, nxt))
+            out.append({"n": "\n", "t": "\t", "r": "\r"}.get(nxt, nxt))
             i += 2
         else:
             out.append(c)

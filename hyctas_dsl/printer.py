@@ -53,7 +53,8 @@ def _num(v: Any) -> str:
 
 
 def _string(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+    # \r is escaped too: a raw carriage return would look like a line break to editors.
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r") + '"'
 
 
 def _meta_value(v: Any) -> str:
@@ -69,14 +70,20 @@ def _stride_set(strides: tuple[int, ...]) -> str:
 
 
 def _memory(m: MemoryLimit) -> str:
+    """The largest unit that writes the limit exactly: whole units first (integer arithmetic,
+    so a huge limit cannot overflow a float), then a decimal that parses back to the byte."""
     amount = f"{m.bytes} B"
     for unit, size in _UNITS:
-        if m.bytes >= size:
-            value = m.bytes / size
-            text = str(int(value)) if value == int(value) else repr(value)
-            if int(float(text) * size) == m.bytes:
-                amount = f"{text} {unit}"
-                break
+        if m.bytes >= size and m.bytes % size == 0:
+            amount = f"{m.bytes // size} {unit}"
+            break
+    else:
+        for unit, size in _UNITS:
+            if size <= m.bytes < 2**1000:
+                text = repr(m.bytes / size)
+                if int(float(text) * size) == m.bytes:
+                    amount = f"{text} {unit}"
+                    break
     return f"memory {amount} batch {m.batch} crop {m.crop[0]}x{m.crop[1]}"
 
 
