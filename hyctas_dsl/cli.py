@@ -63,7 +63,8 @@ app = typer.Typer(
 
 # Commands that live in their own modules register themselves here (each module defines
 # ``register(app)``), so the CLI grows without one file owning every command.
-COMMAND_MODULES: list[str] = ["hyctas_dsl.commands.draw", "hyctas_dsl.commands.compile", "hyctas_dsl.commands.train_supernet"]
+COMMAND_MODULES: list[str] = ["hyctas_dsl.commands.draw", "hyctas_dsl.commands.compile", "hyctas_dsl.commands.train_supernet",
+                                 "hyctas_dsl.commands.train", "hyctas_dsl.commands.eval", "hyctas_dsl.commands.bench", "hyctas_dsl.commands.export"]
 
 
 class UsageProblem(Exception):
@@ -114,8 +115,8 @@ def load_space(path: Optional[str]) -> Optional[Space]:
 
 def load_checked(path: str, space: Optional[Space] = None) -> tuple[str, Module]:
     """Read, parse and validate one file for a command; print errors and exit 1 if invalid."""
-    text = read_source(path)
     try:
+        text = read_source(path)
         module = parse(text, path)
         diags = check_module(module, space)
         if diags:
@@ -145,8 +146,8 @@ def validate(
     report = []
     n_bad = 0
     for path in files:
-        text = read_source(path)
         try:
+            text = read_source(path)  # a file that is not UTF-8 (HY005) is invalid, not unreadable
             module = parse(text, path)
             diags = [d.with_source(text, path) for d in check_module(module, sp)]
         except HyctasError as e:
@@ -187,8 +188,8 @@ def fmt(
     """
     changed = bad = 0
     for path in files:
-        text = read_source(path)
         try:
+            text = read_source(path)
             module = parse(text, path)
         except HyctasError as e:
             typer.echo(e.render() + "\n")

@@ -150,8 +150,11 @@ def _syntax_error(err: UnexpectedInput, text: str) -> Diagnostic:
 
 
 def _join_or(items: list[str]) -> str:
-    if len(items) > 8:
-        items = items[:8] + ["..."]
+    # Punctuation and "a number"/"a name" first, keywords after: at the end of a file the
+    # missing `}` is the likely answer and must not be cut off by the "..." below.
+    items = sorted(items, key=lambda t: (t[1:2].isalpha() and t.startswith("`"), t))
+    if len(items) > 10:
+        items = items[:10] + ["..."]
     if len(items) == 1:
         return items[0]
     return ", ".join(items[:-1]) + " or " + items[-1]
@@ -299,9 +302,7 @@ class _Builder:
                 fields[key] = tuple(str(t) for t in args)
             elif key == "branch_prior":
                 prior = [self.number(t, "a branch probability") for t in args]
-                if None in prior:
-                    continue
-                fields[key] = tuple(float(v) for v in prior)
+                fields[key] = None if None in prior else tuple(float(v) for v in prior)
             elif key == "heads":
                 fields[key] = tuple(self.stride_set(t) for t in args)
             elif key == "memory":
