@@ -59,7 +59,10 @@ def build_graph(arch: Arch) -> nx.DiGraph:
             cell = b.cells[layer - 1]
             main = cur[b.name]
             fused = sorted(pending[b.name])
-            sig = (layer, cell.op, cell.width, cell.down, sig_of[main], tuple(sig_of[f] for f in fused))
+            # Inputs enter the signature by node name: a name stands for exactly one signature
+            # (by_sig interns them), and nesting whole signatures makes hashing exponential in
+            # the number of fusion nodes.
+            sig = (layer, cell.op, cell.width, cell.down, main, tuple(fused))
             name = by_sig.get(sig)
             if name is None:
                 name = f"{b.name}.{layer}"
@@ -94,7 +97,7 @@ def build_graph(arch: Arch) -> nx.DiGraph:
             src, dst = produced[fu.src], produced[fu.dst]
             s_in, s_out = g.nodes[src]["stride_out"], g.nodes[dst]["stride_out"]
             c_in, c_out = g.nodes[src]["c_out"], g.nodes[dst]["c_out"]
-            sig = ("fuse", sig_of[src], s_out, c_out)
+            sig = ("fuse", src, s_out, c_out)
             name = by_sig.get(sig)
             if name is None:
                 name = f"fuse.{fu.src}->{fu.dst}.{layer}"
