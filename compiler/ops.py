@@ -225,8 +225,11 @@ def set_drop_path(model: nn.Module, p: float) -> int:
     that keep the stride, attn); returns how many cells it set."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"drop-path probability must lie in [0, 1), not {p}")
+    # A subnet view runs an unregistered skeleton (``view.net``): its cells hold the rates.
+    inner = model.__dict__.get("net")
+    root = inner if isinstance(inner, nn.Module) else model
     n = 0
-    for m in model.modules():
+    for m in root.modules():
         if hasattr(m, "drop_path") and getattr(m, "bypass", None) is not None:
             m.drop_path = float(p)
             n += 1
@@ -257,10 +260,19 @@ __all__ = [
 
 def ops_source() -> str:
     """The torch-only part of this file, as embedded in generated ``model.py`` files."""
-    import inspect
-    import sys
+    global _OPS_SOURCE
+    if _OPS_SOURCE is None:
+        import inspect
+        import sys
 
-    text = inspect.getsource(sys.modules[__name__])
+        _OPS_SOURCE = _ops_region(inspect.getsource(sys.modules[__name__]))
+    return _OPS_SOURCE
+
+
+_OPS_SOURCE: str | None = None
+
+
+def _ops_region(text: str) -> str:
     start = text.index("# --- begin ops ---")
     end = text.index("# --- end ops ---")
     return text[start:end].replace("# --- begin ops ---\n", "", 1)

@@ -178,3 +178,16 @@ def test_class_count_mismatch_and_structural_errors(supernet):
     assert "HY206" in codes
     codes, _ = _codes(lambda: export(broken))
     assert "HY206" in codes
+
+
+def test_drop_path_on_a_view_reaches_its_cells(supernet):
+    from hyctas_dsl.compiler import set_drop_path
+
+    view = supernet.subnet(arch_of(TWO))
+    assert set_drop_path(view, 0.3) == 2  # hi.4 attn, lo.4 zconv2; lo.3 (zconv down) has no bypass
+    assert view.net.hi_4.drop_path == 0.3
+    assert all(getattr(m, "drop_path", 0.0) == 0.0 for m in supernet.modules())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        view.eval()
+        assert torch.equal(view(x), view(x))
