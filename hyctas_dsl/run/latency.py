@@ -23,6 +23,7 @@ class Latency:
     dtype: str
     input: str
     backend: str
+    threads: int
     warmup_s: float
     timed_s: float
 
@@ -33,7 +34,9 @@ class Latency:
     @property
     def protocol(self) -> str:
         return (
-            f"batch 1, {self.input}, {self.device}, {self.dtype}, {self.backend}, "
+            f"batch 1, {self.input}, {self.device}"
+            + (f" ({self.threads} thread{'s' * (self.threads > 1)})" if self.device == "cpu" else "")
+            + f", {self.dtype}, {self.backend}, "
             f"warm-up {self.warmup_s:g} s, median of {self.runs} runs in {self.timed_s:g} s"
         )
 
@@ -59,9 +62,22 @@ def measure_latency(
     min_runs: int = 3,
     backend: str = "eager",
     channels_last: bool = False,
+    threads: int | None = None,
 ) -> Latency:
-    """Time ``model`` on one ``3 x H x W`` image already on ``device``."""
+    """Time ``model`` on one ``3 x H x W`` image already on ``device``. On the CPU,
+    ``threads`` fixes torch's thread count for the measurement (1 gives stable numbers on a
+    shared machine, where spinning OpenMP threads make timings jump by 100x)."""
     device = torch.device(device)
+    saved_threads = torch.get_num_threads()
+    if threads is not None and device.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        return _measure(model, input_size, device, dtype, warmup_s, timed_s, min_runs, backend, channels_last)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _measure(model, input_size, device, dtype, warmup_s, timed_s, min_runs, backend, channels_last) -> Latency:
     model = model.eval().to(device=device, dtype=dtype)
     x = torch.randn(1, 3, *input_size, device=device, dtype=dtype)
     if channels_last:
@@ -87,10 +103,11 @@ def measure_latency(
         p10_ms=q[0],
         p90_ms=q[-1],
         runs=len(times),
-        device=str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        device=str(device.type) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         dtype=name,
         input=f"1x3x{input_size[0]}x{input_size[1]}",
         backend=backend + (", channels-last" if channels_last else ""),
+        threads=torch.get_num_threads(),
         warmup_s=warmup_s,
         timed_s=timed_s,
     )
