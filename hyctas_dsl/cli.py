@@ -146,14 +146,15 @@ def validate(
     report = []
     n_bad = 0
     for path in files:
+        name = "<stdin>" if path == "-" else path
         try:
             text = read_source(path)  # a file that is not UTF-8 (HY005) is invalid, not unreadable
-            module = parse(text, path)
-            diags = [d.with_source(text, path) for d in check_module(module, sp)]
+            module = parse(text, name)
+            diags = [d.with_source(text, name) for d in check_module(module, sp)]
         except HyctasError as e:
             module, diags = None, list(e.diagnostics)
         n_bad += bool(diags)
-        entry = {"path": path, "valid": not diags, "diagnostics": [d.to_json() for d in diags]}
+        entry = {"path": name, "valid": not diags, "diagnostics": [d.to_json() for d in diags]}
         if module is not None and not diags:
             entry["archs"] = [{"name": a.name, "key": canonical_key(a)} for a in module.archs]
             entry["spaces"] = [s.name for s in module.spaces]
@@ -165,7 +166,7 @@ def validate(
                 names = ", ".join(
                     [f"arch {a.name}" for a in module.archs] + [f"space {s.name}" for s in module.spaces]
                 ) or "no declarations"
-                typer.echo(f"{path}: ok ({names})")
+                typer.echo(f"{name}: ok ({names})")
     if as_json:
         typer.echo(json.dumps({"files": report, "valid": n_bad == 0}, indent=2))
     elif n_bad:
@@ -190,7 +191,7 @@ def fmt(
     for path in files:
         try:
             text = read_source(path)
-            module = parse(text, path)
+            module = parse(text, "<stdin>" if path == "-" else path)
         except HyctasError as e:
             typer.echo(e.render() + "\n")
             bad += 1
