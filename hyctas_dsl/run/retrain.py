@@ -275,6 +275,8 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
     classes = train_set.info.num_classes
     net = export(arch, classes=classes)
     model = RetrainNet(net, arch, classes, cfg.aux).to(info.device)
+    if info.enabled:  # before the optimizer: conversion makes new BatchNorm parameters
+        _sync_batchnorm(model, info.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     start, last_loss = 0, float("nan")
@@ -304,7 +306,6 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
 
     train_model: nn.Module = model
     if info.enabled:
-        _sync_batchnorm(model, info.device)
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None, broadcast_buffers=False
         )
