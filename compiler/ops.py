@@ -101,7 +101,8 @@ class ZConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[2], x.shape[3]
-        y = self.conv1(resize(x, h // 2, w // 2))
+        # a 1-pixel side (stride 32 of a <= 32 px input) stays 1 pixel
+        y = self.conv1(resize(x, max(h // 2, 1), max(w // 2, 1)))
         if self.conv2 is not None:
             y = self.conv2(y)
         if self.bypass is None:

@@ -17,7 +17,7 @@ estimate of training memory is ``4 bytes x (batch x (activations + input) + 3 x 
 
 Op definitions (input C_in x H x W; output C_out, H/2 x W/2 when the cell downsamples):
 - conv:  3x3 conv (stride 2 when down) -> BN -> ReLU.
-- zconv: keep: bilinear x0.5 -> 3x3 conv -> BN -> bilinear to HxW; plus 1x1 conv -> BN on
+- zconv: keep: bilinear x0.5 (a 1-pixel side stays 1) -> 3x3 conv -> BN -> bilinear to HxW; plus 1x1 conv -> BN on
          the input; sum -> ReLU.  down: bilinear x0.5 -> 3x3 conv -> BN -> ReLU.
 - zconv2: as zconv with 3x3 conv -> BN -> ReLU -> 3x3 conv (C_out -> C_out) -> BN.
 - attn:  (down: 2x2 average pool first) 1x1 conv C_in->d -> BN -> ReLU; 1x1 conv d->3d
@@ -90,7 +90,7 @@ def op_cost(op: str, args: dict, c_in: int, c_out: int, h: int, w: int, down: bo
     n_in = h * w
     ho, wo = (h // 2, w // 2) if down else (h, w)
     n_out = ho * wo
-    hh, wh = h // 2, w // 2
+    hh, wh = max(h // 2, 1), max(w // 2, 1)  # zconv keeps a 1-pixel side at 1 pixel
     n_half = hh * wh
     if op == "skip":
         if down:

@@ -100,3 +100,15 @@ def test_each_op_macs_exact(op, down):
     m = O.Attn(c_in, c_out, down, 4, 12) if op == "attn" else (O.Skip(c_in, c_out) if op == "skip" else O.CELL_OPS[op](c_in, c_out, down))
     got = count_macs(m.eval(), torch.randn(1, c_in, h, w))
     assert got == op_cost(op, args, c_in, c_out, h, w, down).macs
+
+
+@pytest.mark.parametrize("size", [(32, 64), (1, 1), (20, 33)])
+def test_tiny_inputs_run_and_are_counted(size):
+    """At stride 32 a <= 32 px input is one pixel: zconv's half resolution stays one pixel."""
+    arch = zoo_arch("hyctas_m")  # ends with zconv cells at stride 32
+    model = export(arch).eval()
+    x = torch.randn(1, 3, *size)
+    got = count_macs(model, x)
+    assert model(x).shape == (1, 19, *size)
+    want = arch_cost(arch, size).total.macs
+    assert abs(got - want) <= 0.01 * want

@@ -152,6 +152,7 @@ def register(app: typer.Typer) -> None:
         check = "matches the cost model" if built == rep.total.params else f"cost model says {rep.total.params:,}: MISMATCH"
         if as_json:
             out = rep.to_json()
+            out["branches"] = {b: {"params": c.params, "macs": c.macs, "activations": c.act} for b, c in rep.by_branch().items()}
             out["module_params"] = built
             out["weights"] = supernet or f"fresh (seed {seed})"
             out["written"] = [str(p) for p in outs]
