@@ -61,6 +61,9 @@ _TERMINAL_NAMES = {
 # of text expand into billions of cells (the paper's space has 20 layers).
 MAX_LAYER = 1000
 
+# How a found token of these kinds is named in "unexpected ..." messages.
+_FOUND_NOUNS = {"NUMBER": "number", "NAME": "name", "WIDTH": "width", "SIZE": "size", "STRING": "string"}
+
 _UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 
 _tls = threading.local()
@@ -141,12 +144,17 @@ def _syntax_error(err: UnexpectedInput, text: str) -> Diagnostic:
     if isinstance(err, UnexpectedToken) and err.token.type != "$END":
         tok = err.token
         span = _span_of(tok) or _end_span(text)
-        what = _terminal_name(tok.type)
         shown = tok.value if len(tok.value) <= 40 else tok.value[:37] + "..."
-        msg = f"unexpected {what} `{shown}`" if what.startswith("a ") else f"unexpected `{shown}`"
+        noun = _FOUND_NOUNS.get(tok.type)
+        msg = f"unexpected {noun} `{shown}`" if noun else f"unexpected `{shown}`"
         return Diagnostic("HY001", msg, span, hint)
     # UnexpectedEOF, or UnexpectedToken at $END: the file stopped too early.
     return Diagnostic("HY001", "unexpected end of file", _end_span(text), hint)
+
+
+def _join_and(names: list[str]) -> str:
+    quoted = [f"`{n}`" for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
 def _join_or(items: list[str]) -> str:
@@ -237,11 +245,11 @@ class _Builder:
         if span is not None:
             self.anchors.append((span.line, span.column, key))
 
-    def number(self, tok: Token, what: str = "number") -> int | float | None:
+    def number(self, tok: Token, what: str = "a number") -> int | float | None:
         """A numeric literal; ``1e999`` (not finite) is an error, so every AST number prints."""
         value = _number(tok)
         if isinstance(value, float) and not math.isfinite(value):
-            self.error("HY003", f"{what} `{tok}` is out of range", tok, "write a finite number")
+            self.error("HY003", f"`{tok}` is out of range for {what}", tok, "write a finite number")
             return None
         return value
 
@@ -328,7 +336,7 @@ class _Builder:
         if missing:
             self.error(
                 "HY007",
-                f"space `{name}` is missing {', '.join('`' + m + '`' for m in missing)}",
+                f"space `{name}` is missing {_join_and(missing)}",
                 name_tok,
                 "see archs/paper_space.hy for a complete space",
             )
@@ -397,7 +405,7 @@ class _Builder:
         if missing:
             self.error(
                 "HY007",
-                f"arch `{name}` is missing {', '.join('`' + m + '`' for m in missing)}",
+                f"arch `{name}` is missing {_join_and(missing)}",
                 name_tok,
                 "an arch needs `filters`, `layers`, `head` and at least one `branch`",
             )

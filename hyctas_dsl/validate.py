@@ -190,7 +190,7 @@ def check_arch(arch: Arch, space: Space) -> list[Diagnostic]:
     for b in arch.branches:
         pos = b.down_positions()
         if pos in downs:
-            where = "no layer" if not pos else "layers " + _fmt_set(sorted(pos))
+            where = "no layer" if not pos else ("layer " if len(pos) == 1 else "layers ") + _fmt_set(sorted(pos))
             err("HY102", f"branches `{downs[pos]}` and `{b.name}` both downsample at {where}", b.where("name"), "constraint 2: branches must differ in where they downsample")
         else:
             downs[pos] = b.name
