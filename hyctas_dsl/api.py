@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import IO, Union
 
-from hyctas_dsl.ast import Arch, Module, Space, Span
+from hyctas_dsl.ast import Arch, Cell, Module, OpCall, Space, Span
 from hyctas_dsl.errors import Diagnostic, HyctasError
 from hyctas_dsl.ops import OPS
 from hyctas_dsl.parser import parse
@@ -109,21 +109,32 @@ def canonical_key(arch: Arch) -> str:
     Example: ``F12 L11 (32)/8 | zconv2.8 zconv.8v zconv.8 ...``; ``v`` marks a downsampling
     cell, fusion nodes follow as ``0>1@3`` (branch indices in order of final stride).
     """
-    order = sorted(arch.branches, key=lambda b: (b.final_stride(), [str(c) for c in b.cells]))
+    # A run's cells are one object: format each object once (keyed by identity, which needs
+    # no hashing of the AST); the search calls this for every candidate.
+    keys: dict[int, str] = {}
+
+    def cell_key(c: Cell) -> str:
+        k = keys.get(id(c))
+        if k is None:
+            spec = OPS.get(c.op.name)
+            args = tuple(
+                (a, v) for a, v in c.op.args if spec is None or a not in spec.args or spec.args[a].default != v
+            )
+            op = format_op(OpCall(name=c.op.name, args=args)) if args != c.op.args else format_op(c.op)
+            k = keys[id(c)] = f"{op}.{c.width}{'v' if c.down else ''}"
+        return k
+
+    finals = [b.final_stride() for b in arch.branches]
+    if len(set(finals)) == len(finals):  # always so in a valid arch: no tie to break
+        order = [b for _s, b in sorted(zip(finals, arch.branches), key=lambda sb: sb[0])]
+    else:
+        order = sorted(arch.branches, key=lambda b: (b.final_stride(), [str(c) for c in b.cells]))
     index = {b.name: i for i, b in enumerate(order)}
     parts = [
         f"F{arch.filters} L{arch.layers} ({','.join(str(s) for s in arch.head.strides)})/{arch.head.output_stride}"
     ]
     for b in order:
-        cells = []
-        for c in b.cells:
-            spec = OPS.get(c.op.name)
-            args = tuple(
-                (k, v) for k, v in c.op.args if spec is None or k not in spec.args or spec.args[k].default != v
-            )
-            op = format_op(c.op.model_copy(update={"args": args}))
-            cells.append(f"{op}.{c.width}{'v' if c.down else ''}")
-        parts.append(" ".join(cells))
+        parts.append(" ".join(cell_key(c) for c in b.cells))
     fusions = sorted(f"{index.get(f.src, f.src)}>{index.get(f.dst, f.dst)}@{f.after}" for f in arch.fusions)
     if fusions:
         parts.append("fuse " + " ".join(fusions))

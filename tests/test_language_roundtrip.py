@@ -20,7 +20,7 @@ from hyctas_dsl.cli import app
 from hyctas_dsl.printer import RUN_MIN
 from hyctas_dsl.validate import check_module
 from tests.conftest import ARCHS, IN_CI
-from tests.strategies import any_modules, comment_texts, valid_archs, valid_modules
+from tests.strategies import any_archs, any_modules, comment_texts, valid_archs, valid_modules
 
 ZOO = sorted(ARCHS.glob("*.hy"))
 # Generating valid archs runs the validator (and its memory estimate) on each: keep CI short.
@@ -219,3 +219,33 @@ def test_fmt_stdin_to_stdout():
     assert r.exit_code == 0
     assert r.output == hy.dumps(hy.parse(text))
     assert "1..3 conv w12" in r.output
+
+
+# ------------------------------------------------------------------ the canonical key
+
+
+def _reference_key(arch) -> str:
+    """canonical_key as first written (before it was optimised for the search's hot loop)."""
+    from hyctas_dsl.ops import OPS
+    from hyctas_dsl.printer import format_op
+
+    order = sorted(arch.branches, key=lambda b: (b.final_stride(), [str(c) for c in b.cells]))
+    index = {b.name: i for i, b in enumerate(order)}
+    parts = [f"F{arch.filters} L{arch.layers} ({','.join(str(s) for s in arch.head.strides)})/{arch.head.output_stride}"]
+    for b in order:
+        cells = []
+        for c in b.cells:
+            spec = OPS.get(c.op.name)
+            args = tuple((k, v) for k, v in c.op.args if spec is None or k not in spec.args or spec.args[k].default != v)
+            cells.append(f"{format_op(c.op.model_copy(update={'args': args}))}.{c.width}{'v' if c.down else ''}")
+        parts.append(" ".join(cells))
+    fusions = sorted(f"{index.get(f.src, f.src)}>{index.get(f.dst, f.dst)}@{f.after}" for f in arch.fusions)
+    if fusions:
+        parts.append("fuse " + " ".join(fusions))
+    return " | ".join(parts)
+
+
+@settings(max_examples=FEW)
+@given(st.one_of(valid_archs(max_layers=10), any_archs()))
+def test_canonical_key_matches_reference(arch):
+    assert hy.canonical_key(arch) == _reference_key(arch)
