@@ -28,7 +28,9 @@ def read_text(path: PathLike) -> str:
 
 def decode(data: bytes, path: str | None = None) -> str:
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
+        # A byte-order mark (some Windows editors write one) is not part of the text.
+        return text[1:] if text.startswith("\ufeff") else text
     except UnicodeDecodeError as e:
         head = data[: e.start]
         line = head.count(b"\n") + 1

@@ -381,7 +381,8 @@ class _Builder:
             elif kind == "a_fuse":
                 _f, src, _arrow, dst, _after, layer = item.children
                 after = self.whole(layer, "a fusion layer", 1)
-                self.anchor(item, ("arch", name, "fuse", str(src), str(dst), str(layer)))
+                # Keyed by the value, as the printer writes it (`after 03` is `after 3`).
+                self.anchor(item, ("arch", name, "fuse", str(src), str(dst), str(after if after is not None else layer)))
                 if after is not None:
                     fusions.append(
                         Fusion(

@@ -291,3 +291,16 @@ def test_importing_the_front_end_does_not_import_torch():
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
 
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    """A UTF-8 byte-order mark (some Windows editors write one) is not part of the text."""
+    p = tmp_path / "bom.hy"
+    text = Path(S).read_text(encoding="utf-8")
+    p.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    r = invoke("validate", str(p))
+    assert r.exit_code == 0, r.output
+    assert invoke("fmt", "--check", str(p)).exit_code == 0  # the text is canonical
+    p.write_bytes(b"\xef\xbb\xbf" + text.replace("  filters 12", "filters 12").encode("utf-8"))
+    assert invoke("fmt", str(p)).exit_code == 0
+    assert p.read_bytes() == text.encode("utf-8")  # written back as plain UTF-8

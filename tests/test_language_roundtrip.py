@@ -249,3 +249,12 @@ def _reference_key(arch) -> str:
 @given(st.one_of(valid_archs(max_layers=10), any_archs()))
 def test_canonical_key_matches_reference(arch):
     assert hy.canonical_key(arch) == _reference_key(arch)
+
+
+def test_comment_on_a_fusion_written_with_leading_zeros_stays_in_place():
+    text = (
+        "hyctas 1\narch a { filters 12 layers 3 head (8, 16)\n branch p { 1..3 conv w12 }\n"
+        " branch q { 1 conv w12 down 2 conv w12 3 conv w12 }\n # why fuse\n fuse q -> p after 01  # late\n}\n"
+    )
+    out = hy.dumps(hy.parse(text))
+    assert "  # why fuse\n  fuse q -> p after 1  # late\n}\n" in out
