@@ -251,6 +251,23 @@ def check_fit(arch: Arch, supernet: Supernet, classes: int | None = None) -> lis
     return out
 
 
+class _Slot:
+    """One parameter or buffer of a view's skeleton and the supernet tensor it slices."""
+
+    __slots__ = ("name", "skel", "owner", "leaf", "shape", "groups", "is_param", "index", "base", "version", "cached")
+
+    def __init__(self, name, skel, owner, leaf, shape, groups, is_param):
+        self.name, self.skel, self.owner, self.leaf = name, skel, owner, leaf
+        self.shape, self.groups, self.is_param = shape, groups, is_param
+        self.index = tuple(slice(0, n) for n in shape)
+        self.base = self.version = self.cached = None
+
+    def cut(self, t: Tensor) -> Tensor:
+        if self.groups is None:
+            return t if t.shape == self.shape else t[self.index]
+        return slice_to(t, self.shape, self.groups)
+
+
 class SubnetView(nn.Module):
     """One architecture on the supernet's weights. ``parameters()`` are the supernet's own
     (the modules it uses, registered under ``ops``); ``graph`` is the computation DAG;
@@ -268,19 +285,48 @@ class SubnetView(nn.Module):
         self.ops = nn.ModuleDict({n.attr: supernet.module_for(n.kind, n.key) for n in plan.nodes})
         with torch.device("meta"):
             net = network_class(plan)(supernet.classes)
-        # The skeleton is not registered: its (meta) tensors are never used.
+        # The skeleton is not registered (its tensors are not the view's parameters). Each of
+        # its parameter and buffer slots is unregistered and, at every forward, bound in the
+        # module's __dict__ to the slice of the supernet tensor: plain attribute look-ups,
+        # no per-call re-parametrisation (torch.func.functional_call costs ~5 ms a call).
         self.__dict__["net"] = net
         by_attr = plan.by_attr()
-        self._tensors: list[tuple[str, nn.Module, str, tuple, tuple | None]] = []
-        for name, t in itertools.chain(net.named_parameters(), net.named_buffers()):
+        self._slots: list[_Slot] = []
+        for name, t in itertools.chain(list(net.named_parameters()), list(net.named_buffers())):
             attr, local = name.split(".", 1)
             owner_path, leaf = local.rsplit(".", 1)
             owner = self.ops[attr].get_submodule(owner_path)
-            self._tensors.append((name, owner, leaf, tuple(t.shape), slice_groups(by_attr[attr].cls, local)))
+            skel = net.get_submodule(name.rsplit(".", 1)[0])
+            is_param = leaf in skel._parameters
+            self._slots.append(_Slot(name, skel, owner, leaf, tuple(t.shape), slice_groups(by_attr[attr].cls, local), is_param))
+        for slot in self._slots:
+            slot.skel._parameters.pop(slot.leaf, None)
+            slot.skel._buffers.pop(slot.leaf, None)
+            slot.skel.__dict__[slot.leaf] = None
+
+    def _bind(self) -> None:
+        # Without autograd (evaluation, search) a slice is reused while its supernet tensor is
+        # the same object at the same version (in-place updates bump the version).
+        cache = not torch.is_grad_enabled()
+        for slot in self._slots:
+            base = getattr(slot.owner, slot.leaf)
+            if cache and slot.base is base and slot.version == base._version and slot.cached is not None:
+                t = slot.cached
+            else:
+                t = slot.cut(base)
+                if cache:
+                    if slot.is_param and not t.is_contiguous():
+                        # a contiguous copy once, instead of one inside every conv call;
+                        # buffers stay views so that BN statistics land in the supernet
+                        t = t.contiguous()
+                    slot.base, slot.version, slot.cached = base, base._version, t
+                else:
+                    slot.cached = None
+            slot.skel.__dict__[slot.leaf] = t
 
     def sliced(self) -> dict[str, Tensor]:
         """Every tensor of the skeleton, as a slice of the supernet's."""
-        return {name: slice_to(getattr(owner, leaf), shape, groups) for name, owner, leaf, shape, groups in self._tensors}
+        return {slot.name: slot.cut(getattr(slot.owner, slot.leaf)) for slot in self._slots}
 
     def train(self, mode: bool = True) -> "SubnetView":
         super().train(mode)
@@ -288,17 +334,12 @@ class SubnetView(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.func.functional_call(self.net, self.sliced(), (x,), strict=True)
+        self._bind()
+        return self.net(x)
 
     def subnet_parameters(self) -> Iterator[Tensor]:
         """The slices this subnet actually uses (for counting; they are views)."""
-        return (t for n, t in self.sliced().items() if isinstance(self._owner_tensor(n), nn.Parameter))
-
-    def _owner_tensor(self, name: str):
-        for n, owner, leaf, _s, _g in self._tensors:
-            if n == name:
-                return getattr(owner, leaf)
-        raise KeyError(name)
+        return (slot.cut(getattr(slot.owner, slot.leaf)) for slot in self._slots if slot.is_param)
 
     def extra_repr(self) -> str:
         return f"arch={self.arch.name}, nodes={len(self.plan.nodes)}"

@@ -191,3 +191,26 @@ def test_drop_path_on_a_view_reaches_its_cells(supernet):
     with torch.no_grad():
         view.eval()
         assert torch.equal(view(x), view(x))
+
+
+def test_cached_slices_follow_supernet_updates():
+    """Without autograd a view reuses its slices; in-place updates, BN recalibration under
+    no_grad and replaced tensors must still show."""
+    torch.manual_seed(3)
+    sn = Supernet(small_space((2, 4), 4), classes=5)
+    arch = arch_of(TWO)
+    view = sn.subnet(arch).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        view(x)
+        for p in sn.parameters():  # an optimizer step, in place
+            p.mul_(0.9).add_(0.01)
+        assert (view(x) - export(arch, sn).eval()(x)).abs().max() < 1e-5
+        view.train()  # BN recalibration: statistics must land in the supernet
+        bn = sn.stem.conv1.bn
+        before = bn.running_mean.clone()
+        view(torch.randn(2, 3, 32, 32) * 2 + 1)
+        assert not torch.equal(bn.running_mean[:4], before[:4])
+        view.eval()
+        sn.load_state_dict({k: v.clone() * 0.5 if v.is_floating_point() else v.clone() for k, v in sn.state_dict().items()}, assign=True)
+        assert (view(x) - export(arch, sn).eval()(x)).abs().max() < 1e-5
