@@ -59,7 +59,9 @@ def _write_export(path: Path, arch, model, supernet, size: tuple[int, int], clas
         x = torch.randn(1, 3, *size)
         # The exporter reports progress on stdout; keep stdout for the report (and --json).
         with contextlib.redirect_stdout(sys.stderr):
-            torch.onnx.export(model, (x,), str(tmp), dynamo=True, verbose=False)
+            # One self-contained file: external data would be named after the temporary file
+            # and lost with it.
+            torch.onnx.export(model, (x,), str(tmp), dynamo=True, verbose=False, external_data=False)
         note = ""
         try:
             import onnxruntime as ort
