@@ -258,3 +258,45 @@ def test_comment_on_a_fusion_written_with_leading_zeros_stays_in_place():
     )
     out = hy.dumps(hy.parse(text))
     assert "  # why fuse\n  fuse q -> p after 1  # late\n}\n" in out
+
+
+@st.composite
+def canonical_with_comments(draw):
+    """Canonical text with comments on their own lines (before any line or at the end) and
+    at line ends; returns the text and the output fmt must give, built by hand: a comment
+    on its own line goes before the next statement, with its indentation (so a comment before
+    a blank line moves after it), a comment at a line end stays there after two spaces, and
+    comments after the last line come after one blank line."""
+    module = draw(valid_modules(max_archs=2, max_layers=6))
+    lines = hy.dumps(module).split("\n")[:-1]
+    text: list[str] = []
+    expected: list[str] = []
+    pending: list[str] = []  # own-line comments waiting for the next statement
+    for line in lines + [None]:
+        for _ in range(draw(st.integers(0, 2)) if draw(st.integers(0, 3)) == 0 else 0):
+            c = "#" + draw(comment_texts)
+            text.append(" " * draw(st.integers(0, 3)) + c)
+            pending.append(c.rstrip())
+        if line is None:
+            break
+        trailing = "#" + draw(comment_texts) if draw(st.integers(0, 3)) == 0 else None
+        text.append(line + (" " * draw(st.integers(0, 2)) + trailing if trailing else ""))
+        if line == "":
+            if trailing:
+                pending.append(trailing.rstrip())
+            expected.append("")
+            continue
+        indent = line[: len(line) - len(line.lstrip())]
+        expected.extend(indent + c for c in pending)
+        pending = []
+        expected.append(line + ("  " + trailing.rstrip() if trailing else ""))
+    if pending:
+        expected.extend([""] + pending)
+    return "\n".join(text) + "\n", "\n".join(expected) + "\n"
+
+
+@settings(max_examples=FEW)
+@given(canonical_with_comments())
+def test_fmt_puts_each_comment_where_it_belongs(case):
+    text, expected = case
+    assert hy.dumps(hy.parse(text)) == expected
