@@ -63,8 +63,15 @@ app = typer.Typer(
 
 # Commands that live in their own modules register themselves here (each module defines
 # ``register(app)``), so the CLI grows without one file owning every command.
-COMMAND_MODULES: list[str] = ["hyctas_dsl.commands.draw", "hyctas_dsl.commands.compile", "hyctas_dsl.commands.train_supernet",
-                                 "hyctas_dsl.commands.train", "hyctas_dsl.commands.eval", "hyctas_dsl.commands.bench", "hyctas_dsl.commands.export"]
+COMMAND_MODULES: list[str] = [
+    "hyctas_dsl.commands.draw",
+    "hyctas_dsl.commands.compile",
+    "hyctas_dsl.commands.train_supernet",
+    "hyctas_dsl.commands.search",
+    "hyctas_dsl.commands.train",
+    "hyctas_dsl.commands.eval",
+    "hyctas_dsl.commands.bench",
+]
 
 
 class UsageProblem(Exception):
@@ -98,8 +105,8 @@ def load_space(path: Optional[str]) -> Optional[Space]:
     """The ``--space`` option: a file with exactly one valid space."""
     if path is None:
         return None
-    text = read_source(path)
     try:
+        text = read_source(path)
         module = parse(text, path)
     except HyctasError as e:
         typer.echo(e.render(), err=True)

@@ -161,6 +161,10 @@ def test_space_option_problems(tmp_path):
     broken.write_text(SPACE.replace("{", ""), encoding="utf-8")
     r = invoke("validate", "--space", str(broken), S)
     assert r.exit_code == 2 and "the space file does not parse" in r.stderr and "HY001" in r.stderr
+    latin1 = tmp_path / "latin1.hy"
+    latin1.write_bytes(SPACE.replace("wide_only", "caf\xe9").encode("latin-1"))
+    r = invoke("validate", "--space", str(latin1), S)
+    assert r.exit_code == 2 and "the space file does not parse" in r.stderr and "HY005" in r.stderr
     wrong = tmp_path / "wrong.hy"
     wrong.write_text(SPACE.replace("strides 8 16 32", "strides 8 12"), encoding="utf-8")
     r = invoke("validate", "--space", str(wrong), S)
