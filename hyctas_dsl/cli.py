@@ -71,6 +71,7 @@ COMMAND_MODULES: list[str] = [
     "hyctas_dsl.commands.train",
     "hyctas_dsl.commands.eval",
     "hyctas_dsl.commands.bench",
+    "hyctas_dsl.commands.export",
 ]
 
 
