@@ -50,8 +50,9 @@ def _shapes(args) -> list:
 class LatencyLUT:
     """Module latencies in ms, keyed by what determines them; one table per device."""
 
-    def __init__(self, device: str = "cpu", runs: int = 10, warmup: int = 2):
-        self.device, self.runs, self.warmup = device, runs, warmup
+    def __init__(self, device: str = "cpu", runs: int = 10, warmup: int = 2, threads: int | None = 1):
+        # threads: as in the measurement it predicts (run.latency.measure_latency).
+        self.device, self.runs, self.warmup, self.threads = device, runs, warmup, threads
         self.table: dict[str, float] = {}
         self.hits = self.misses = 0
 
@@ -60,9 +61,18 @@ class LatencyLUT:
         params = [list(p.shape) for p in module.parameters()]
         return json.dumps([type(module).__name__, desc, params, _shapes(args)], separators=(",", ":"))
 
-    @torch.inference_mode()
     def predict(self, model: nn.Module, input_size: tuple[int, int]) -> float:
         """Predicted batch-1 latency of ``model`` (ms), timing only modules not seen before."""
+        saved = torch.get_num_threads()
+        if self.threads is not None and torch.device(self.device).type == "cpu":
+            torch.set_num_threads(self.threads)
+        try:
+            return self._predict(model, input_size)
+        finally:
+            torch.set_num_threads(saved)
+
+    @torch.inference_mode()
+    def _predict(self, model: nn.Module, input_size: tuple[int, int]) -> float:
         model = model.eval()
         captured: list[tuple[nn.Module, tuple]] = []
         hooks = [
