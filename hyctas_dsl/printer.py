@@ -11,6 +11,7 @@ and ``dumps(parse(text)) == text`` for every canonical file in ``archs/``.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Mapping
 
 from hyctas_dsl.ast import Arch, Branch, Cell, Head, MemoryLimit, Module, OpCall, Space
@@ -31,11 +32,25 @@ def dumps(module: Module | Arch | Space, comments: bool = True) -> str:
     return _Printer(module.comments if comments else {}).module(module)
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_good_names: set[str] = set()
+
+
+def _name(s: str) -> str:
+    """A name as written; an AST built in code with a name the grammar cannot read (a space,
+    a dash...) is an error here rather than a file that does not parse back."""
+    if s not in _good_names:
+        if not isinstance(s, str) or not _NAME.fullmatch(s):
+            raise ValueError(f"{s!r} is not a hyctas name (letters, digits and _, not starting with a digit)")
+        _good_names.add(s)
+    return s
+
+
 def format_op(op: OpCall) -> str:
     if not op.args:
-        return op.name
-    inner = ", ".join(f"{k}={_num(v)}" for k, v in op.args)
-    return f"{op.name}({inner})"
+        return _name(op.name)
+    inner = ", ".join(f"{_name(k)}={_num(v)}" for k, v in op.args)
+    return f"{_name(op.name)}({inner})"
 
 
 def format_cell(cell: Cell) -> str:
@@ -135,12 +150,12 @@ class _Printer:
 
     def space(self, s: Space) -> None:
         k = ("space", s.name)
-        self.emit(0, f"space {s.name} {{", k)
+        self.emit(0, f"space {_name(s.name)} {{", k)
         rows = [
             ("filters", " ".join(str(f) for f in s.filters)),
             ("layers", str(s.layers)),
             ("strides", " ".join(str(x) for x in s.strides)),
-            ("ops", " ".join(s.ops)),
+            ("ops", " ".join(_name(o) for o in s.ops)),
             ("widths", " ".join(str(w) for w in s.widths)),
             ("branch_prior", " ".join(_num(float(p)) for p in s.branch_prior)),
             ("heads", " ".join(_stride_set(h) for h in s.heads)),
@@ -154,24 +169,24 @@ class _Printer:
 
     def arch(self, a: Arch) -> None:
         k = ("arch", a.name)
-        self.emit(0, f"arch {a.name} {{", k)
+        self.emit(0, f"arch {_name(a.name)} {{", k)
         self.emit(1, f"filters {a.filters}", k + ("filters",))
         self.emit(1, f"layers {a.layers}", k + ("layers",))
         self.emit(1, _head(a.head), k + ("head",))
         for b in a.branches:
             self.branch(b, k)
         for f in a.fusions:
-            self.emit(1, f"fuse {f.src} -> {f.dst} after {f.after}", k + ("fuse", f.src, f.dst, str(f.after)))
+            self.emit(1, f"fuse {_name(f.src)} -> {_name(f.dst)} after {f.after}", k + ("fuse", f.src, f.dst, str(f.after)))
         if a.meta:
             self.emit(1, "meta {", k + ("meta",))
             for e in a.meta:
-                self.emit(2, f"{e.key} {_meta_value(e.value)}", k + ("meta", e.key))
+                self.emit(2, f"{_name(e.key)} {_meta_value(e.value)}", k + ("meta", e.key))
             self.emit(1, "}", k + ("meta", "end"))
         self.emit(0, "}", k + ("end",))
 
     def branch(self, b: Branch, arch_key: tuple) -> None:
         k = arch_key + ("branch", b.name)
-        self.emit(1, f"branch {b.name} {{", k)
+        self.emit(1, f"branch {_name(b.name)} {{", k)
         for first, last in _runs(b.cells):
             label = str(first) if first == last else f"{first}..{last}"
             anchors = [k + ("cell", i) for i in range(first, last + 1)]

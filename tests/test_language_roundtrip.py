@@ -300,3 +300,21 @@ def canonical_with_comments(draw):
 def test_fmt_puts_each_comment_where_it_belongs(case):
     text, expected = case
     assert hy.dumps(hy.parse(text)) == expected
+
+
+@pytest.mark.parametrize("bad", ["my arch", "1st", "a-b", "", "é"])
+def test_printer_refuses_names_the_grammar_cannot_read(bad):
+    arch = hy.parse((ARCHS / "hyctas_s.hy").read_text(encoding="utf-8")).archs[0]
+    for broken in (
+        arch.model_copy(update={"name": bad}),
+        arch.model_copy(update={"branches": (arch.branches[0].model_copy(update={"name": bad}),)}),
+        arch.model_copy(update={"meta": (hy.MetaEntry(key=bad, value=1),)}),
+    ):
+        with pytest.raises(ValueError, match="is not a hyctas name"):
+            hy.dumps(broken)
+
+
+def test_printer_refuses_non_finite_numbers():
+    arch = hy.parse((ARCHS / "hyctas_s.hy").read_text(encoding="utf-8")).archs[0]
+    with pytest.raises(ValueError, match="non-finite"):
+        hy.dumps(arch.model_copy(update={"meta": (hy.MetaEntry(key="x", value=float("nan")),)}))
