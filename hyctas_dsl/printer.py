@@ -42,6 +42,8 @@ def _name(s: str) -> str:
     if s not in _good_names:
         if not isinstance(s, str) or not _NAME.fullmatch(s):
             raise ValueError(f"{s!r} is not a hyctas name (letters, digits and _, not starting with a digit)")
+        if len(_good_names) > 100_000:  # a search names many candidates: keep the cache small
+            _good_names.clear()
         _good_names.add(s)
     return s
 
