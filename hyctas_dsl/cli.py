@@ -201,7 +201,8 @@ def fmt(
             text = read_source(path)
             module = parse(text, "<stdin>" if path == "-" else path)
         except HyctasError as e:
-            typer.echo(e.render() + "\n")
+            # With `-`, standard output is the formatted text: errors go to standard error.
+            typer.echo(e.render() + "\n", err=path == "-")
             bad += 1
             continue
         out = dumps(module)

@@ -308,3 +308,9 @@ def test_byte_order_mark_is_accepted(tmp_path):
     p.write_bytes(b"\xef\xbb\xbf" + text.replace("  filters 12", "filters 12").encode("utf-8"))
     assert invoke("fmt", str(p)).exit_code == 0
     assert p.read_bytes() == text.encode("utf-8")  # written back as plain UTF-8
+
+
+def test_fmt_stdin_errors_go_to_stderr():
+    r = invoke("fmt", "-", input="hyctas 1\narch {")
+    assert r.exit_code == 1
+    assert r.stdout == "" and "<stdin>:2:6: HY001" in r.stderr
