@@ -53,6 +53,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import weakref
+from functools import lru_cache
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -75,6 +77,10 @@ __all__ = [
     "dedup",
     "feasible_heads",
     "stride_downs",
+    "check",
+    "key_of",
+    "training_memory_cached",
+    "without_memory",
 ]
 
 DEFAULT_FUSION_P = 0.5  # a binary gate drawn uniformly (section 3.4: "uniform distribution")
@@ -109,9 +115,25 @@ def _min_layers(space: Space, n_branches: int) -> int | None:
     return None
 
 
+_KEYS: dict[int, tuple[weakref.ref, str]] = {}
+
+
+def key_of(arch: Arch) -> str:
+    """:func:`hyctas_dsl.canonical_key`, remembered per object while it lives: the search
+    asks for the key of the same individual many times (dedup against the population every
+    generation, caches, records)."""
+    i = id(arch)
+    hit = _KEYS.get(i)
+    if hit is not None and hit[0]() is arch:
+        return hit[1]
+    k = canonical_key(arch)
+    _KEYS[i] = (weakref.ref(arch, lambda _r, i=i: _KEYS.pop(i, None)), k)
+    return k
+
+
 def arch_name(arch: Arch) -> str:
     """The deterministic name of an offspring: ``arch_`` + 10 hex digits of its canonical key."""
-    return "arch_" + hashlib.sha1(canonical_key(arch).encode()).hexdigest()[:10]
+    return "arch_" + hashlib.sha1(key_of(arch).encode()).hexdigest()[:10]
 
 
 def _down_ops(space: Space) -> list[str]:
@@ -129,8 +151,45 @@ def _pick_other(rng: np.random.Generator, choices: Sequence, current):
     return _pick(rng, others) if others else current
 
 
+@lru_cache(maxsize=64)
+def without_memory(space: Space) -> Space:
+    """``space`` without its memory limit: check_arch against it checks every rule but 4."""
+    return space.model_copy(update={"memory": None})
+
+
+_MEMORY: dict[tuple, int] = {}  # (canonical key, batch, crop) -> estimated bytes
+
+
+def training_memory_cached(arch: Arch, space: Space) -> int:
+    """Constraint 4's estimate (hyctas_dsl.cost.training_memory) at the space's batch and crop,
+    memoised by canonical key: the search asks for it again for the same architecture (the
+    operator's check, then the constraint value handed to pymoo)."""
+    from hyctas_dsl.cost import training_memory
+
+    assert space.memory is not None
+    k = (key_of(arch), space.memory.batch, space.memory.crop)
+    mem = _MEMORY.get(k)
+    if mem is None:
+        if len(_MEMORY) >= 100_000:
+            _MEMORY.clear()
+        mem = _MEMORY[k] = training_memory(arch, space.memory.batch, space.memory.crop)
+    return mem
+
+
+def check(arch: Arch, space: Space) -> list[Diagnostic]:
+    """``check_arch(arch, space)`` with the memory estimate memoised (same rules, same codes)."""
+    diags = check_arch(arch, without_memory(space))
+    if diags or space.memory is None:
+        return diags
+    if training_memory_cached(arch, space) > space.memory.bytes:
+        return check_arch(arch, space)  # the validator's own HY104 diagnostic
+    return []
+
+
 def _problem(arch: Arch, space: Space) -> None:
-    diags = check_arch(arch, space)
+    """Parents must be well formed. Their memory (constraint 4) is not re-estimated: it costs
+    as much as the rest of an operator, and the offspring are checked in full anyway."""
+    diags = check_arch(arch, without_memory(space))
     if diags:
         raise HyctasError(diags)
 
@@ -269,7 +328,7 @@ def sample_arch(
         n_layers = layers if layers is not None else int(rng.integers(lo, space.layers + 1))
         n_filters = filters if filters is not None else _pick(rng, list(space.filters))
         arch = _sample_once(space, rng, n_branches, n_layers, n_filters, fusion_p).build(name)
-        if not check_arch(arch, space):
+        if not check(arch, space):
             return arch
     raise _fail(
         "HY104",
@@ -297,7 +356,7 @@ def sample_population(
         if len(out) == n:
             break
         a = sample_arch(space, rng, n_branches, layers, filters, fusion_p=fusion_p, max_tries=max_tries)
-        k = canonical_key(a)
+        k = key_of(a)
         if k not in seen:
             seen.add(k)
             out.append(a)
@@ -436,7 +495,7 @@ def mutate(
         if d is None:
             return arch
         child = d.build(name)
-        diags = check_arch(child, space)
+        diags = check(child, space)
         if not diags:
             return child
         _expect_memory_only(diags)
@@ -532,7 +591,7 @@ def crossover(
             if out[k] is not None:
                 continue
             child = d.build(names[k])
-            diags = check_arch(child, space)
+            diags = check(child, space)
             if not diags:
                 out[k] = child
             else:
@@ -551,7 +610,7 @@ def dedup(archs: Iterable[Arch], seen: Iterable[str] = ()) -> list[Arch]:
     keys = set(seen)
     out = []
     for a in archs:
-        k = canonical_key(a)
+        k = key_of(a)
         if k not in keys:
             keys.add(k)
             out.append(a)

@@ -55,10 +55,10 @@ from pymoo.core.sampling import Sampling
 from pymoo.core.termination import NoTermination
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from hyctas_dsl.api import canonical_key, dumps, write_atomic
+from hyctas_dsl.api import dumps, write_atomic
 from hyctas_dsl.ast import Arch, Space
 from hyctas_dsl.errors import Diagnostic, HyctasError
-from hyctas_dsl.genome import DEFAULT_FUSION_P, crossover, mutate, sample_population
+from hyctas_dsl.genome import DEFAULT_FUSION_P, crossover, key_of, mutate, sample_population, training_memory_cached, without_memory
 from hyctas_dsl.ops import OPS
 from hyctas_dsl.parser import parse
 from hyctas_dsl.validate import check_arch
@@ -202,13 +202,10 @@ def constraint_values(arch: Arch, space: Space) -> np.ndarray:
     g3 = float(sum(1 for b in arch.branches for c in b.cells if c.down and not (c.op.name in OPS and OPS[c.op.name].can_down)))
     if space.memory is None:
         g4 = -1.0
-    elif check_arch(arch, space.model_copy(update={"memory": None})):
+    elif check_arch(arch, without_memory(space)):
         g4 = 0.0
     else:
-        from hyctas_dsl.cost import training_memory
-
-        mem = training_memory(arch, space.memory.batch, space.memory.crop)
-        g4 = (mem - space.memory.bytes) / 2**30
+        g4 = (training_memory_cached(arch, space) - space.memory.bytes) / 2**30
     return np.array([g1, g2, g3, g4], dtype=float)
 
 
@@ -269,7 +266,7 @@ class ArchProblem(Problem):
         self.evaluations = 0
 
     def costs(self, archs: Sequence[Arch], keys: Sequence[str] | None = None) -> list[float]:
-        keys = list(keys) if keys is not None else [canonical_key(a) for a in archs]
+        keys = list(keys) if keys is not None else [key_of(a) for a in archs]
         todo = {k: a for k, a in zip(keys, archs) if k not in self.costs_by_key}
         if todo:
             values = list(self.cost_fn(list(todo.values())))
@@ -283,7 +280,7 @@ class ArchProblem(Problem):
         return [self.costs_by_key[k] for k in keys]
 
     def results(self, archs: Sequence[Arch], keys: Sequence[str] | None = None) -> list[dict]:
-        keys = list(keys) if keys is not None else [canonical_key(a) for a in archs]
+        keys = list(keys) if keys is not None else [key_of(a) for a in archs]
         todo = {k: a for k, a in zip(keys, archs) if k not in self.results_by_key}
         if todo:
             out = list(self.evaluate_fn(list(todo.values())))
@@ -298,7 +295,7 @@ class ArchProblem(Problem):
 
     def _evaluate(self, X, out, *args, **kwargs):
         archs = [x[0] for x in X]
-        keys = [canonical_key(a) for a in archs]
+        keys = [key_of(a) for a in archs]
         costs = self.costs(archs, keys)
         res = self.results(archs, keys)
         out["F"] = np.array([[-float(r["miou"]), c] for r, c in zip(res, costs)], dtype=float)
@@ -350,9 +347,9 @@ class ArchDuplicateElimination(DuplicateElimination):
     """Duplicates by hyctas_dsl.canonical_key (names, branch order and meta ignored)."""
 
     def _do(self, pop, other, is_duplicate):
-        seen = set() if other is None else {canonical_key(ind.X[0]) for ind in other}
+        seen = set() if other is None else {key_of(ind.X[0]) for ind in other}
         for i, ind in enumerate(pop):
-            k = canonical_key(ind.X[0])
+            k = key_of(ind.X[0])
             if k in seen:
                 is_duplicate[i] = True
             else:
@@ -416,7 +413,7 @@ class _Search:
     def initial(self) -> None:
         pop = self.algorithm.ask()
         archs = [ind.X[0] for ind in pop]
-        keys = [canonical_key(a) for a in archs]
+        keys = [key_of(a) for a in archs]
         self.problem.costs(archs, keys)
         self.algorithm.evaluator.eval(self.problem, pop)
         for a, k in zip(archs, keys):
@@ -442,7 +439,7 @@ class _Search:
                 break
             keep, archs, keys = [], [], []
             for i, ind in enumerate(off):
-                k = canonical_key(ind.X[0])
+                k = key_of(ind.X[0])
                 if k not in tried:
                     tried.add(k)
                     keep.append(i)
@@ -486,7 +483,7 @@ class _Search:
             "rng": self.algorithm.random_state.bit_generator.state,
             "population": [
                 {
-                    "key": canonical_key(ind.X[0]),
+                    "key": key_of(ind.X[0]),
                     "F": [float(v) for v in ind.F],
                     "G": [float(v) for v in ind.G],
                     "rank": int(ind.get("rank")),
@@ -527,7 +524,7 @@ class _Search:
         self.generation = state["generation"]
 
     def result(self) -> SearchResult:
-        population = [self.accepted[canonical_key(ind.X[0])] for ind in self.algorithm.pop]
+        population = [self.accepted[key_of(ind.X[0])] for ind in self.algorithm.pop]
         return SearchResult(self.config, self.generation, population, pareto_front(population), list(self.history), self.problem.evaluations)
 
 
