@@ -72,6 +72,8 @@ RULES = {
     "HY407": "attention bottleneck wider than the supernet's",
     "HY408": "class count does not match",
     "HY409": "not a readable hyctas checkpoint",
+    "HY601": "not a readable search checkpoint",
+    "HY602": "search checkpoint made with other settings",
 }
 
 
