@@ -254,12 +254,15 @@ def check_fit(arch: Arch, supernet: Supernet, classes: int | None = None) -> lis
 class _Slot:
     """One parameter or buffer of a view's skeleton and the supernet tensor it slices."""
 
-    __slots__ = ("name", "skel", "owner", "leaf", "shape", "groups", "is_param", "index", "base", "version", "cached")
+    __slots__ = ("name", "skel", "owner", "leaf", "shape", "groups", "is_param", "index", "store", "base", "version", "cached")
 
     def __init__(self, name, skel, owner, leaf, shape, groups, is_param):
         self.name, self.skel, self.owner, self.leaf = name, skel, owner, leaf
         self.shape, self.groups, self.is_param = shape, groups, is_param
         self.index = tuple(slice(0, n) for n in shape)
+        # the owner's own dict of parameters or buffers: a plain look-up, and it sees
+        # tensors replaced by .to(), load_state_dict(assign=True) and the like
+        self.store = owner._parameters if leaf in owner._parameters else owner._buffers
         self.base = self.version = self.cached = None
 
     def cut(self, t: Tensor) -> Tensor:
@@ -309,9 +312,9 @@ class SubnetView(nn.Module):
         # the same object at the same version (in-place updates bump the version).
         cache = not torch.is_grad_enabled()
         for slot in self._slots:
-            base = getattr(slot.owner, slot.leaf)
+            base = slot.store[slot.leaf]
             if cache and slot.base is base and slot.version == base._version and slot.cached is not None:
-                t = slot.cached
+                continue  # still bound to the skeleton
             else:
                 t = slot.cut(base)
                 if cache:
