@@ -29,6 +29,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 OTHER = TINY.replace("arch tiny {", "arch other {").replace("    3 zconv2 w12\n", "    3 conv w12\n")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks gain nothing from threads, and lose a lot on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _app() -> typer.Typer:
     app = typer.Typer()
 

@@ -58,6 +58,15 @@ arch tiny {
 DATA = "digits:size=32,train=32,val=16"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks gain nothing from threads, and lose a lot on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def arch():
     return loads(TINY).archs[0]

@@ -196,7 +196,7 @@ def ohem_loss(logits: torch.Tensor, labels: torch.Tensor, thresh: float, min_kep
     hardest. Per-image selection does not depend on how a batch is split over ranks.
     Returns (sum of kept pixel losses, number kept)."""
     pix = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="none")
-    total = pix.new_zeros(())
+    total = pix.sum() * 0.0  # stays in the graph when no pixel is labelled
     kept = pix.new_zeros(())
     limit = -math.log(thresh)
     for n in range(pix.shape[0]):
