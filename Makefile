@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml
 	  else echo "note: install graphviz (the 'dot' binary) to render diagrams, e.g. 'sudo apt-get install graphviz'"; fi; }
 	touch $(STAMP)
 
-# The main job on the embedded default data.
+# The main job on the embedded default data: train a supernet, search it, emit the front.
 demo: setup
-	$(BIN)/hyctas validate archs/*.hy
-	$(BIN)/hyctas fmt --check archs/*.hy
+	$(BIN)/hyctas validate -q archs/*.hy
+	$(BIN)/hyctas search --emit-dsl runs/demo
+	$(BIN)/hyctas validate --space archs/digits_space.hy runs/demo/searched_*.hy
 
 # The test suite (CI runs exactly this, with CI=true for the short form of slow checks).
 test: setup

@@ -41,7 +41,10 @@ class SupernetConfig(_Config):
     steps: int = Field(600, ge=1, description="training steps, one sampled subnet each")
     batch: int = Field(16, ge=1, description="global batch (the paper: 16)")
     crop: Optional[tuple[int, int]] = Field(None, description="training crop HxW (default: the dataset's)")
-    lr: float = Field(0.02, gt=0, description="initial learning rate (the paper: 0.02)")
+    optimizer: Optional[Literal["sgd", "adamw"]] = Field(
+        None, description="sgd (the paper) or adamw; default: sgd, but adamw on the embedded digits"
+    )
+    lr: Optional[float] = Field(None, gt=0, description="initial learning rate; default: 0.02 for sgd (the paper), 0.003 for adamw")
     lr_decay: float = Field(0.992, gt=0, le=1, description="exponential decay factor (the paper: 0.992)")
     decay_every: int = Field(10, ge=1, description="steps between two decays")
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -50,6 +53,16 @@ class SupernetConfig(_Config):
     checkpoint_every: int = Field(100, ge=1)
     workers: Optional[int] = Field(None, ge=0, description="DataLoader workers (default: 0 for in-memory digits, else 2)")
     device: str = "auto"
+
+
+    def resolved(self) -> "SupernetConfig":
+        """Fill the data-dependent defaults. The paper's SGD at lr 0.02 needs far more than a
+        CPU demo's few minutes to lift a supernet above predicting background on the digit
+        scenes (measured: mIoU 0.085 after 600 steps for a fixed net, vs 0.35 with AdamW at
+        0.003), so the embedded data defaults to AdamW; real data sets get the paper's SGD."""
+        opt = self.optimizer or ("adamw" if self.data.split(":")[0] == "digits" else "sgd")
+        lr = self.lr if self.lr is not None else (0.003 if opt == "adamw" else 0.02)
+        return self.model_copy(update={"optimizer": opt, "lr": lr})
 
 
 class SearchConfig(_Config):

@@ -3,7 +3,8 @@ the branch prior of eq. 2, so a step holds only that subnet's activations (Table
 "Memory Cost: One subnet").
 
 SGD (momentum 0.9, weight decay 5e-4), lr 0.02 with exponential decay 0.992 every
-``decay_every`` steps. A run directory holds:
+``decay_every`` steps (on the embedded digits the default is AdamW at 0.003: see
+``SupernetConfig.resolved``). A run directory holds:
 
 - ``checkpoint.safetensors``: supernet weights, optimizer momentum and the step, in one file
   written atomically every ``checkpoint_every`` steps (the state ``--resume`` continues from);
@@ -68,6 +69,16 @@ def _lr(cfg: SupernetConfig, step: int) -> float:
     return cfg.lr * cfg.lr_decay ** (step // cfg.decay_every)
 
 
+def make_optimizer(cfg: SupernetConfig, params):
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+# Per-parameter optimizer state saved in checkpoints (SGD's momentum, AdamW's moments).
+_STATE_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq", "step")
+
+
 def _save_checkpoint(path: Path, supernet, optimizer, step: int, cfg: SupernetConfig, loss: float) -> None:
     from safetensors.torch import save_file
 
@@ -75,9 +86,11 @@ def _save_checkpoint(path: Path, supernet, optimizer, step: int, cfg: SupernetCo
     names = {id(p): n for n, p in supernet.named_parameters()}
     for group in optimizer.param_groups:
         for p in group["params"]:
-            buf = optimizer.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                tensors[f"optim.{names[id(p)]}"] = buf.detach().contiguous()
+            state = optimizer.state.get(p, {})
+            for key in _STATE_KEYS:
+                value = state.get(key)
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optim.{key}.{names[id(p)]}"] = value.detach().reshape(value.shape).contiguous()
     meta = {"format": "hyctas-supernet-train-1", "step": str(step), "config": cfg.model_dump_json(), "loss": repr(loss)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -91,11 +104,12 @@ def _load_checkpoint(path: Path, supernet, optimizer) -> tuple[int, dict, float]
         if meta.get("format") != "hyctas-supernet-train-1":
             raise ResumeMismatch(f"{path}: not a hyctas supernet training checkpoint")
         model_state = {k[len("model.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
-        momentum = {k[len("optim.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("optim.")}
+        opt_state = {k[len("optim.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("optim.")}
     supernet.load_state_dict(model_state, strict=True)
     params = dict(supernet.named_parameters())
-    for name, buf in momentum.items():
-        optimizer.state[params[name]]["momentum_buffer"] = buf.to(params[name].device)
+    for name, value in opt_state.items():
+        key, pname = name.split(".", 1)
+        optimizer.state[params[pname]][key] = value.to(params[pname].device)
     return int(meta["step"]), json.loads(meta["config"]), float(meta.get("loss", "nan"))
 
 
@@ -106,6 +120,7 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     from hyctas_dsl.data import make_datasets
     from hyctas_dsl.genome import sample_arch
 
+    cfg = cfg.resolved()
     info = dist.init(cfg.device)
     out = Path(cfg.out)
     space = resolve_space(cfg.space)
@@ -113,9 +128,7 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     train_set, _val = make_datasets(cfg.data, seed=cfg.seed, crop=cfg.crop)
     classes = train_set.info.num_classes
     supernet = Supernet(space, classes=classes).to(info.device)
-    optimizer = torch.optim.SGD(
-        supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    optimizer = make_optimizer(cfg, supernet.parameters())
 
     start, last_loss = 0, float("nan")
     ckpt = out / CHECKPOINT
