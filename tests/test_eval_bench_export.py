@@ -176,3 +176,14 @@ def test_export_errors(files, tmp_path):
     assert r.exit_code == 2 and ".onnx" in r.output
     r = run("export", files / "other.hy", "--weights", files / "model.safetensors", "--format", "onnx", "-o", tmp_path / "x.onnx")
     assert r.exit_code == 2 and not (tmp_path / "x.onnx").exists()
+
+
+def test_bench_out_of_memory_is_one_line(files, monkeypatch):
+    import hyctas_dsl.run.bench as bench_mod
+
+    def too_big(*_a, **_k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(bench_mod, "bench", too_big)
+    r = run("bench", files / "tiny.hy", "--device", "cpu", "--input", "64x64", "--seconds", "0.1")
+    assert r.exit_code == 1 and "out of memory at 64x64" in r.output and "Traceback" not in r.output

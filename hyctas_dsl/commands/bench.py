@@ -33,7 +33,8 @@ def register(app: typer.Typer) -> None:
         warm-up, timed for --seconds (6, as the paper); prints the median, the p10..p90
         spread and the protocol. Random weights unless --weights (latency does not depend
         on them). --compare B.hy times a second arch in turns with the first and prints the
-        ratio. Exit 2 for bad options or a device this machine lacks.
+        ratio. Exit 2 for bad options or a device this machine lacks, 1 when the network does
+        not fit in memory at that input size.
         """
         from hyctas_dsl.cli import fail_usage
         from hyctas_dsl.commands.compile import parse_size
@@ -82,4 +83,15 @@ def register(app: typer.Typer) -> None:
                            f"(interleaved, 3 rounds)")
             typer.echo(f"protocol: {lats[0].protocol}")
 
-        run_cli_job(job)
+        def guarded():
+            try:
+                return job()
+            except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                if not isinstance(e, MemoryError) and "alloc" not in msg.lower() and "out of memory" not in msg.lower():
+                    raise
+                typer.echo(f"hyctas: error: out of memory at {size[0]}x{size[1]} on {device}: {msg[:200]} "
+                           "(try a smaller --input)", err=True)
+                raise typer.Exit(1) from None
+
+        run_cli_job(guarded)
