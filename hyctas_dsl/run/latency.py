@@ -96,7 +96,8 @@ def _measure(model, input_size, device, dtype, warmup_s, timed_s, min_runs, back
         _sync(device)
         times.append((time.perf_counter() - t0) * 1000.0)
     times.sort()
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    # inclusive: stays within the observed range with few runs (exclusive can go below 0)
+    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) >= 2 else [times[0]] * 9
     name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
     return Latency(
         median_ms=statistics.median(times),
