@@ -76,3 +76,15 @@ def test_search_under_torchrun_splits_candidates(supernet_dir, tmp_path):
     single = run(supernet_dir, tmp_path / "single", branches=[2])
     assert sorted(p.name for p in single.files) == sorted(p.name for p in out.glob("searched_*.hy"))
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+
+
+def test_latency_objective_records_the_protocol(supernet_dir, tmp_path):
+    res = run(supernet_dir, tmp_path / "lat", objective="latency", branches=[1], generations=1,
+              latency_seconds=0.01, latency_input=(32, 32))
+    assert res.files
+    for f in res.files:
+        meta = hy.load(f, check_rules=False).archs[0].meta_dict()
+        assert meta["latency_ms"] > 0
+        assert meta["latency_protocol"].startswith("batch 1, 1x3x32x32, cpu (1 thread), fp32")
+    summary = json.loads((tmp_path / "lat" / "summary.json").read_text())
+    assert len(summary["latency_lut"]) == len(res.files) and summary["latency_lut_mean_abs_error"] is not None

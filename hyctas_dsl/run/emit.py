@@ -46,7 +46,7 @@ def with_meta(arch: Arch, record: dict, name: str, extra: dict | None = None) ->
     ]
     if "latency_ms" in record:
         facts.append(("latency_ms", round(float(record["latency_ms"]), 4)))
-        facts.append(("latency_protocol", str(record["latency_lut_ms", "latency_protocol"])))
+        facts.append(("latency_protocol", str(record["latency_protocol"])))
     facts.append(("generation", int(record["generation"])))
     for k, v in (extra or {}).items():
         facts.append((k, v))
