@@ -16,6 +16,7 @@ from torch import nn
 
 from hyctas_dsl.ast import Arch
 from hyctas_dsl.errors import Diagnostic, HyctasError
+from hyctas_dsl.fileio import atomic_path, write_text_atomic
 from hyctas_dsl.printer import dumps
 
 __all__ = [
@@ -40,32 +41,11 @@ def _err(path: PathLike, msg: str, hint: str | None = None) -> HyctasError:
     return HyctasError([Diagnostic("HY409", msg, None, hint, str(path))])
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def _save_atomic(tensors: dict, path: PathLike, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = _tmp(path)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text_atomic(path: PathLike, text: str) -> None:
-    path = Path(path)
-    tmp = _tmp(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_metadata(path: PathLike, fmt: str | None = None) -> dict[str, str]:

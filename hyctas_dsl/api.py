@@ -8,6 +8,7 @@ from typing import IO, Union
 
 from hyctas_dsl.ast import Arch, Cell, Module, OpCall, Space, Span
 from hyctas_dsl.errors import Diagnostic, HyctasError
+from hyctas_dsl.fileio import write_text_atomic
 from hyctas_dsl.ops import OPS
 from hyctas_dsl.parser import parse
 from hyctas_dsl.printer import dumps as _dumps
@@ -93,14 +94,7 @@ def dump(obj: Module | Arch | Space, fp: PathLike | IO) -> None:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_text_atomic(path, text)
 
 
 def canonical_key(arch: Arch) -> str:
