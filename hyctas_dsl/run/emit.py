@@ -107,7 +107,7 @@ def plot_pareto(path: Path, records: list[dict], objective: str, title: str) -> 
             fx, fy = zip(*front)
             ax.step(fx, fy, where="post", color="0.15", linewidth=1.2)
     if sc is not None:
-        fig.colorbar(sc, ax=ax, label="generation")
+        fig.colorbar(sc, ax=ax, label="generation", ticks=range(min(gens), max(gens) + 1))
     ax.set_xlabel(label)
     ax.set_ylabel("mIoU (%) on the supernet's weights")
     ax.set_title(title, fontsize=10)
