@@ -1,12 +1,12 @@
 """Candidate evaluation with the supernet's weights (paper section 4.2, "Search"):
 recompute BatchNorm statistics on a fixed random subset of training images, then measure
-mIoU on the validation split; costs come from the analytic model and latency from the
-measurement protocol of ``latency.py``."""
+mIoU on the validation split; MACs and params come from the analytic model. (Latency is the
+search's cost objective, measured in ``search.py`` before this expensive step runs.)"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -61,22 +61,15 @@ class Timings:
 
     bn: float = 0.0
     eval: float = 0.0
-    latency: float = 0.0
     cost: float = 0.0
     compile: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-    def add(self, other: "Timings") -> None:
-        for k in ("bn", "eval", "latency", "cost", "compile"):
-            setattr(self, k, getattr(self, k) + getattr(other, k))
 
     def to_json(self) -> dict:
-        return {"bn_recalibration": self.bn, "evaluation": self.eval, "latency": self.latency, "cost_model": self.cost, "compile": self.compile}
+        return {"bn_recalibration": self.bn, "evaluation": self.eval, "cost_model": self.cost, "compile": self.compile}
 
 
 class CandidateEvaluator:
-    """Evaluates architectures on one supernet: mIoU after BN recalibration, MACs, params,
-    training-memory estimate and measured latency."""
+    """Evaluates architectures on one supernet: mIoU after BN recalibration, MACs, params."""
 
     def __init__(
         self,
@@ -87,15 +80,11 @@ class CandidateEvaluator:
         val_images: int,
         seed: int,
         device: torch.device,
-        latency_input: tuple[int, int],
-        latency_seconds: float,
         batch: int = 32,
     ):
         self.supernet = supernet.to(device).eval()
         self.device = device
         self.classes = supernet.classes
-        self.latency_input = latency_input
-        self.latency_seconds = latency_seconds
         self.timings = Timings()
         rng = np.random.default_rng([seed, 1000])
         bn_idx = sorted(rng.choice(len(train_set), size=min(bn_images, len(train_set)), replace=False).tolist())
@@ -103,12 +92,9 @@ class CandidateEvaluator:
         # The same images for every candidate, loaded once: comparisons are fair and cheap.
         self.bn_batches = [b[0].to(device) for b in _batches(train_set, bn_idx, batch)]
         self.val_batches = [(x.to(device), y.to(device)) for x, y in _batches(val_set, val_idx, batch)]
-        self.data_size = tuple(self.val_batches[0][0].shape[-2:]) if self.val_batches else latency_input
+        self.data_size = tuple(self.val_batches[0][0].shape[-2:])
 
-    def __call__(self, arch: Arch, measure_latency: bool = True) -> dict:
-        from hyctas_dsl.compiler import export
-        from hyctas_dsl.run.latency import measure_latency as measure
-
+    def __call__(self, arch: Arch) -> dict:
         t = time.perf_counter()
         view = self.supernet.subnet(arch)
         t_view = time.perf_counter()
@@ -129,13 +115,6 @@ class CandidateEvaluator:
             "params": rep.total.params,
             "branches": len(arch.branches),
         }
-        if measure_latency:
-            t0 = time.perf_counter()
-            model = export(arch, self.supernet, self.classes)
-            lat = measure(model, self.latency_input, self.device, timed_s=self.latency_seconds, warmup_s=min(0.2, self.latency_seconds))
-            self.timings.latency += time.perf_counter() - t0
-            out["latency_ms"] = lat.median_ms
-            out["latency_protocol"] = lat.protocol
         return out
 
 

@@ -89,9 +89,7 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -> Se
     space = supernet.space
     data_size = tuple(val_set.get(0, 0)[0].shape[-2:])
     lat_input = tuple(cfg.latency_input or data_size)
-    evaluator = CandidateEvaluator(
-        supernet, train_set, val_set, cfg.bn_images, cfg.val_images, cfg.seed, info.device, lat_input, cfg.latency_seconds
-    )
+    evaluator = CandidateEvaluator(supernet, train_set, val_set, cfg.bn_images, cfg.val_images, cfg.seed, info.device)
     lut = LatencyLUT(str(info.device))
     t_latency = 0.0
     t_genome_start = time.perf_counter()
@@ -121,7 +119,7 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -> Se
 
     def evaluate(archs: list[Arch]) -> list[dict]:
         nonlocal n_evaluated
-        results = _gathered(info, archs, lambda a: evaluator(a, measure_latency=False))
+        results = _gathered(info, archs, lambda a: evaluator(a))
         n_evaluated += len(archs)
         for r in results:
             r.update(latency_facts.get(r["key"], {}))
