@@ -21,6 +21,7 @@ from hyctas_dsl.compiler import export, set_drop_path
 from hyctas_dsl.run.retrain import (
     RetrainNet, ResumeMismatch, TrainConfig, drop_path_at, ohem_loss, poly_lr, train,
 )
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
@@ -207,7 +208,7 @@ def test_torchrun_two_processes_match_one_process(arch_file, tmp_path):
     one = subprocess.run([sys.executable, "-m", "hyctas_dsl.cli", "train", str(arch_file), "--out", str(tmp_path / "one")] + common,
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29547",
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
                           "-m", "hyctas_dsl.cli", "train", str(arch_file), "--out", str(tmp_path / "two")] + common,
                          capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]

@@ -16,6 +16,7 @@ from hyctas_dsl.run.config import SearchConfig, SupernetConfig
 from hyctas_dsl.run.search import search
 from hyctas_dsl.run.supernet import train_supernet
 from tests.test_supernet_train import DATA, TINY_SPACE
+from tests.conftest import free_port
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_resume_gives_the_same_front(supernet_dir, tmp_path):
 def test_search_under_torchrun_splits_candidates(supernet_dir, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29541",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "hyctas_dsl.cli", "search", "--supernet", str(supernet_dir), "--data", DATA, "--emit-dsl", str(out),
            "--objective", "flops", "--branches", "2", "--population", "4", "--generations", "2",
            "--bn-images", "8", "--val-images", "8", "--seed", "1", "--quiet"]

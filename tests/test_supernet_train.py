@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from hyctas_dsl.run.config import SupernetConfig
 from hyctas_dsl.run.supernet import ResumeMismatch, TrainingDiverged, train_supernet
+from tests.conftest import free_port
 
 TINY_SPACE = """hyctas 1
 space tiny {
@@ -90,7 +91,7 @@ def test_cli_runs_under_torchrun_with_two_processes(space_file, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
         "-m", "hyctas_dsl.cli", "train-supernet", "--space", space_file, "--data", DATA,
         "--out", str(out), "--steps", "3", "--batch", "4", "--quiet",
     ]
