@@ -167,6 +167,18 @@ def test_resume_is_exact_and_runs_write_their_records(arch, tmp_path):
         train(cfg(part, lr=0.02), arch, resume=True, progress=False)
 
 
+def test_resume_is_exact_with_adamw(arch, tmp_path):
+    """AdamW's moments and step count travel through the checkpoint too."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(cfg(full, optimizer="adamw", lr=0.003), arch, progress=False)
+    train(cfg(part, optimizer="adamw", lr=0.003), arch, progress=False, stop_after=2)
+    assert any(k.startswith("optim.exp_avg.") for k in load_file(str(part / "checkpoint.safetensors")))
+    train(cfg(part, optimizer="adamw", lr=0.003), arch, resume=True, progress=False)
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_bf16_autocast_trains_on_cpu(arch, tmp_path):
     res = train(cfg(tmp_path / "bf16", steps=2, amp="bf16", eval_images=0, aux=False, ohem=False), arch, progress=False)
     assert math.isfinite(res.final_loss) and res.miou is None

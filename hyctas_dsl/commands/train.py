@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(300, "--steps", help="Training steps (the paper: 186k)."),
         batch: int = typer.Option(8, "--batch", help="Global batch (the paper: 32)."),
         crop: Optional[str] = typer.Option(None, "--crop", help="Training crop HxW [default: the data's]."),
+        optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (the paper) or adamw (learns short CPU budgets faster)."),
         lr: float = typer.Option(0.005, "--lr", help="Initial learning rate of the poly schedule."),
         drop_path: float = typer.Option(0.2, "--drop-path", help="Final scheduled drop-path probability (Table 9)."),
         aux: bool = typer.Option(False, "--aux/--no-aux", help="Auxiliary losses on the stride-16/32 branch outputs."),
@@ -69,7 +70,7 @@ def register(app: typer.Typer) -> None:
 
             try:
                 cfg = TrainConfig(
-                    data=data, out=out, steps=steps, batch=batch, crop=size_option(crop, "--crop"), lr=lr,
+                    data=data, out=out, steps=steps, batch=batch, crop=size_option(crop, "--crop"), optimizer=optimizer, lr=lr,
                     drop_path=drop_path, aux=aux, ohem=ohem, amp=amp, seed=seed, checkpoint_every=checkpoint_every,
                     eval_images=eval_images, workers=workers, device=device,
                 )

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from hyctas_dsl.ast import Space
 from hyctas_dsl.errors import HyctasError
 
-__all__ = ["resolve_space", "StepBatches", "StepDataset", "step_loader", "seg_loss", "IGNORE"]
+__all__ = ["resolve_space", "StepBatches", "StepDataset", "step_loader", "seg_loss", "IGNORE",
+           "make_optimizer", "optimizer_tensors", "load_optimizer_tensors"]
 
 IGNORE = 255
 
@@ -116,3 +117,36 @@ def seg_loss(logits: torch.Tensor, labels: torch.Tensor, normalizer: float | Non
     if normalizer is None:
         return F.cross_entropy(logits, labels, ignore_index=IGNORE)
     return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum") / max(normalizer, 1.0)
+
+
+def make_optimizer(cfg, params):
+    """SGD with momentum (the paper) or AdamW, from a config with ``optimizer``, ``lr``,
+    ``momentum`` and ``weight_decay``."""
+    if getattr(cfg, "optimizer", "sgd") == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+# Per-parameter optimizer state kept in checkpoints (SGD's momentum, AdamW's moments).
+_STATE_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq", "step")
+
+
+def optimizer_tensors(model: torch.nn.Module, optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter state as ``optim.{key}.{param name}`` tensors."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if key in _STATE_KEYS and isinstance(value, torch.Tensor):
+                    out[f"optim.{key}.{names[id(p)]}"] = value.detach().cpu().contiguous()
+    return out
+
+
+def load_optimizer_tensors(model: torch.nn.Module, optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`optimizer_tensors` (keys without the ``optim.`` prefix)."""
+    params = dict(model.named_parameters())
+    for name, value in tensors.items():
+        key, pname = name.split(".", 1)
+        device = params[pname].device if key != "step" else value.device
+        optimizer.state[params[pname]][key] = value.to(device)

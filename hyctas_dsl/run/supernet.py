@@ -35,7 +35,14 @@ import torch
 import torch.distributed as torch_dist
 
 from hyctas_dsl.run import dist
-from hyctas_dsl.run.common import resolve_space, seg_loss, step_loader
+from hyctas_dsl.run.common import (
+    load_optimizer_tensors,
+    make_optimizer,
+    optimizer_tensors,
+    resolve_space,
+    seg_loss,
+    step_loader,
+)
 from hyctas_dsl.run.config import SupernetConfig
 from hyctas_dsl.run.io import atomic_path, environment, read_json, write_json
 
@@ -69,28 +76,11 @@ def _lr(cfg: SupernetConfig, step: int) -> float:
     return cfg.lr * cfg.lr_decay ** (step // cfg.decay_every)
 
 
-def make_optimizer(cfg: SupernetConfig, params):
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-# Per-parameter optimizer state saved in checkpoints (SGD's momentum, AdamW's moments).
-_STATE_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq", "step")
-
-
 def _save_checkpoint(path: Path, supernet, optimizer, step: int, cfg: SupernetConfig, loss: float) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in supernet.state_dict().items()}
-    names = {id(p): n for n, p in supernet.named_parameters()}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            for key in _STATE_KEYS:
-                value = state.get(key)
-                if isinstance(value, torch.Tensor):
-                    tensors[f"optim.{key}.{names[id(p)]}"] = value.detach().reshape(value.shape).contiguous()
+    tensors.update(optimizer_tensors(supernet, optimizer))
     meta = {"format": "hyctas-supernet-train-1", "step": str(step), "config": cfg.model_dump_json(), "loss": repr(loss)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -106,10 +96,7 @@ def _load_checkpoint(path: Path, supernet, optimizer) -> tuple[int, dict, float]
         model_state = {k[len("model.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
         opt_state = {k[len("optim.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("optim.")}
     supernet.load_state_dict(model_state, strict=True)
-    params = dict(supernet.named_parameters())
-    for name, value in opt_state.items():
-        key, pname = name.split(".", 1)
-        optimizer.state[params[pname]][key] = value.to(params[pname].device)
+    load_optimizer_tensors(supernet, optimizer, opt_state)
     return int(meta["step"]), json.loads(meta["config"]), float(meta.get("loss", "nan"))
 
 
