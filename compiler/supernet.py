@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from hyctas_dsl.ast import Arch, Space
 from hyctas_dsl.errors import Diagnostic, HyctasError
-from hyctas_dsl.graph import build_graph, channels
+from hyctas_dsl.graph import channels
 from hyctas_dsl.ops import attn_bottleneck, resolved_args
 from hyctas_dsl.validate import check_space
 

@@ -15,7 +15,8 @@ from hyctas_dsl.ast import Space
 from hyctas_dsl.errors import HyctasError
 
 __all__ = ["resolve_space", "StepBatches", "StepDataset", "step_loader", "seg_loss", "IGNORE",
-           "make_optimizer", "optimizer_tensors", "load_optimizer_tensors"]
+           "make_optimizer", "optimizer_tensors", "load_optimizer_tensors", "TrainingDiverged",
+           "ResumeMismatch", "check_finite", "append_log"]
 
 IGNORE = 255
 
@@ -150,3 +151,32 @@ def load_optimizer_tensors(model: torch.nn.Module, optimizer, tensors: dict[str,
         key, pname = name.split(".", 1)
         device = params[pname].device if key != "step" else value.device
         optimizer.state[params[pname]][key] = value.to(device)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class ResumeMismatch(ValueError):
+    """``--resume`` with options that would not continue the same run."""
+
+
+def check_finite(loss: float, step: int, checkpoint: Path, lr: float) -> None:
+    """Stop a training loop at the first non-finite loss, before the optimizer step can
+    spoil the weights; the last checkpoint on disk stays the last good one."""
+    import math
+
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"the loss became {loss} at step {step}; "
+            + (f"the last good checkpoint is kept in {checkpoint}" if checkpoint.exists() else "no checkpoint was written yet")
+            + f" (try a smaller --lr than {lr})"
+        )
+
+
+def append_log(path: Path, record: dict) -> None:
+    """One JSON line of a run's metrics log."""
+    import json
+
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")

@@ -45,10 +45,18 @@ from torch import nn
 
 from hyctas_dsl.ast import Arch
 from hyctas_dsl.run import dist
-from hyctas_dsl.run.common import IGNORE, load_optimizer_tensors, make_optimizer, optimizer_tensors, step_loader
+from hyctas_dsl.run.common import (
+    IGNORE,
+    append_log,
+    check_finite,
+    load_optimizer_tensors,
+    make_optimizer,
+    optimizer_tensors,
+    step_loader,
+)
 from hyctas_dsl.run.config import _Config
 from hyctas_dsl.run.io import atomic_path, environment, write_json
-from hyctas_dsl.run.supernet import ResumeMismatch, TrainingDiverged, _trim_log, default_workers
+from hyctas_dsl.run.supernet import ResumeMismatch, _trim_log, default_workers
 
 __all__ = ["TrainConfig", "TrainResult", "RetrainNet", "GlobalBatchNorm2d", "train", "poly_lr",
            "drop_path_at", "ohem_loss", "plot_curve", "CHECKPOINT", "MODEL"]
@@ -343,12 +351,7 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
         if info.enabled:
             torch_dist.all_reduce(parts)
         loss_value = float(parts[0] + cfg.aux_weight * parts[1])
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(
-                f"the loss became {loss_value} at step {step}; "
-                + (f"the last good checkpoint is kept in {ckpt}" if ckpt.exists() else "no checkpoint was written yet")
-                + f" (try a smaller --lr than {cfg.lr})"
-            )
+        check_finite(loss_value, step, ckpt, cfg.lr)
         optimizer.step()
         seen += cfg.batch
         done = step + 1
@@ -362,8 +365,7 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
                        "drop_path": drop_path_at(cfg, step), "img_per_s": rate}
                 if model.aux_strides:
                     rec["aux_loss"] = float(parts[1])
-                with open(out / "log.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(rec) + "\n")
+                append_log(out / "log.jsonl", rec)
             if done % cfg.checkpoint_every == 0 or done == stop:
                 _save_checkpoint(ckpt, model, optimizer, done, cfg, arch_text, loss_value)
                 plot_curve(out / "log.jsonl", out / "curve.png", arch.name)

@@ -25,7 +25,6 @@ out because each step runs a different subnet of the shared weights.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,11 @@ import torch
 import torch.distributed as torch_dist
 
 from hyctas_dsl.run import dist
-from hyctas_dsl.run.common import (
+from hyctas_dsl.run.common import (  # noqa: F401 - the errors are re-exported for callers
+    ResumeMismatch,
+    TrainingDiverged,
+    append_log,
+    check_finite,
     load_optimizer_tensors,
     make_optimizer,
     optimizer_tensors,
@@ -54,14 +57,6 @@ LOG_EVERY = 10
 
 # Options that may change between a run and its resumption (more steps, other workers).
 _RESUMABLE = {"steps", "workers", "checkpoint_every", "device", "out"}
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class ResumeMismatch(ValueError):
-    """``--resume`` with options that would not continue the same run."""
 
 
 @dataclass
@@ -172,12 +167,7 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
                 if p.grad is not None:
                     torch_dist.all_reduce(p.grad)
         loss_value = float(loss_sum.item())
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(
-                f"the loss became {loss_value} at step {step}; "
-                + (f"the last good checkpoint is kept in {ckpt}" if ckpt.exists() else "no checkpoint was written yet")
-                + f" (try a smaller --lr than {cfg.lr})"
-            )
+        check_finite(loss_value, step, ckpt, cfg.lr)
         optimizer.step()
         seen += cfg.batch
         done = step + 1
@@ -187,8 +177,7 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{_lr(cfg, step):.4f}", img_s=f"{rate:.1f}")
             if done % LOG_EVERY == 0 or done == cfg.steps:
-                with open(out / "log.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": done, "loss": loss_value, "lr": _lr(cfg, step), "img_per_s": rate}) + "\n")
+                append_log(out / "log.jsonl", {"step": done, "loss": loss_value, "lr": _lr(cfg, step), "img_per_s": rate})
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 _save_checkpoint(ckpt, supernet, optimizer, done, cfg, loss_value)
                 save_supernet(supernet, out / SUPERNET)
