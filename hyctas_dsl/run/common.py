@@ -16,7 +16,7 @@ from hyctas_dsl.errors import HyctasError
 
 __all__ = ["resolve_space", "StepBatches", "StepDataset", "step_loader", "seg_loss", "IGNORE",
            "make_optimizer", "optimizer_tensors", "load_optimizer_tensors", "TrainingDiverged",
-           "ResumeMismatch", "check_finite", "append_log"]
+           "ResumeMismatch", "check_finite", "append_log", "check_resumable"]
 
 IGNORE = 255
 
@@ -180,3 +180,14 @@ def append_log(path: Path, record: dict) -> None:
 
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def check_resumable(cfg, saved: dict, resumable: set[str], out: Path) -> None:
+    """``--resume`` continues a run only with the options that made it (``resumable``
+    ones, such as more steps or other workers, may change)."""
+    changed = sorted(k for k, v in cfg.model_dump(mode="json").items() if k not in resumable and saved.get(k) != v)
+    if changed:
+        raise ResumeMismatch(
+            f"{out}: cannot resume with changed option(s) {', '.join(changed)} "
+            f"(the run used {', '.join(f'{k}={saved.get(k)!r}' for k in changed)})"
+        )

@@ -49,6 +49,7 @@ from hyctas_dsl.run.common import (
     IGNORE,
     append_log,
     check_finite,
+    check_resumable,
     load_optimizer_tensors,
     make_optimizer,
     optimizer_tensors,
@@ -289,12 +290,7 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
         start, saved, saved_arch, last_loss = _load_checkpoint(ckpt, model, optimizer)
         if saved_arch != arch_text:
             raise ResumeMismatch(f"{out}: the run retrains another architecture; resume it with the same arch file")
-        changed = sorted(k for k, v in cfg.model_dump(mode="json").items() if k not in _RESUMABLE and saved.get(k) != v)
-        if changed:
-            raise ResumeMismatch(
-                f"{out}: cannot resume with changed option(s) {', '.join(changed)} "
-                f"(the run used {', '.join(f'{k}={saved.get(k)!r}' for k in changed)})"
-            )
+        check_resumable(cfg, saved, _RESUMABLE, out)
     elif ckpt.exists():
         raise ResumeMismatch(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
 

@@ -39,6 +39,7 @@ from hyctas_dsl.run.common import (  # noqa: F401 - the errors are re-exported f
     TrainingDiverged,
     append_log,
     check_finite,
+    check_resumable,
     load_optimizer_tensors,
     make_optimizer,
     optimizer_tensors,
@@ -118,12 +119,7 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
         if not ckpt.exists():
             raise ResumeMismatch(f"{out}: no {CHECKPOINT} to resume from")
         start, saved, last_loss = _load_checkpoint(ckpt, supernet, optimizer)
-        changed = sorted(k for k, v in cfg.model_dump(mode="json").items() if k not in _RESUMABLE and saved.get(k) != v)
-        if changed:
-            raise ResumeMismatch(
-                f"{out}: cannot resume with changed option(s) {', '.join(changed)} "
-                f"(the run used {', '.join(f'{k}={saved.get(k)!r}' for k in changed)})"
-            )
+        check_resumable(cfg, saved, _RESUMABLE, out)
     elif ckpt.exists():
         raise ResumeMismatch(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
 
