@@ -201,14 +201,18 @@ class _Grid:
             box.y = self.row_y[box.stride][0] - lane_of[box.id] * _LANE
 
 
-def _cell_label(op_text: str, width: int, down: bool, tag: str = "", shared: tuple[str, ...] = ()) -> str:
-    sub = f"w{width}" + (" ↓2" if down else "")
+def _box_label(title: str, sub: str, tag: str = "") -> str:
+    """An HTML label: an optional small tag (A/B in diffs), a bold title, a small subtitle."""
     parts = []
     if tag:
         parts.append(f'<FONT POINT-SIZE="8"><B>{_html(tag)}</B></FONT>')
-    parts.append(f"<B>{_html(op_text)}</B>")
+    parts.append(f"<B>{_html(title)}</B>")
     parts.append(f'<FONT POINT-SIZE="9">{_html(sub)}</FONT>')
     return "<" + "<BR/>".join(parts) + ">"
+
+
+def _cell_label(op_text: str, width: int, down: bool, tag: str = "") -> str:
+    return _box_label(op_text, f"w{width}" + (" ↓2" if down else ""), tag)
 
 
 def _short_op(op_text: str) -> str:
@@ -349,12 +353,7 @@ def _meta_line(arch: Arch) -> str:
 
 def _head_label(arch: Arch, tag: str = "") -> str:
     head = ", ".join(str(s) for s in arch.head.strides)
-    lines = []
-    if tag:
-        lines.append(f'<FONT POINT-SIZE="8"><B>{tag}</B></FONT>')
-    lines.append(f"<B>head ({head})</B>")
-    lines.append(f'<FONT POINT-SIZE="9">output stride {arch.head.output_stride}</FONT>')
-    return "<" + "<BR/>".join(lines) + ">"
+    return _box_label(f"head ({head})", f"output stride {arch.head.output_stride}", tag)
 
 
 # ---------------------------------------------------------------------------------------
