@@ -16,7 +16,7 @@ from hyctas_dsl.errors import HyctasError
 
 __all__ = ["resolve_space", "StepBatches", "StepDataset", "step_loader", "seg_loss", "IGNORE",
            "make_optimizer", "optimizer_tensors", "load_optimizer_tensors", "TrainingDiverged",
-           "ResumeMismatch", "check_finite", "append_log", "check_resumable"]
+           "ResumeMismatch", "check_finite", "append_log", "check_resumable", "Progress"]
 
 IGNORE = 255
 
@@ -191,3 +191,31 @@ def check_resumable(cfg, saved: dict, resumable: set[str], out: Path) -> None:
             f"{out}: cannot resume with changed option(s) {', '.join(changed)} "
             f"(the run used {', '.join(f'{k}={saved.get(k)!r}' for k in changed)})"
         )
+
+
+class Progress:
+    """A training loop's progress bar (rank 0 only) and images-per-second meter."""
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool):
+        import time
+
+        self._clock = time.perf_counter
+        self.t0, self.seen = self._clock(), 0
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+
+    def step(self, images: int, loss: float, lr: str) -> float:
+        """Count one step of ``images``; returns the images per second so far."""
+        self.seen += images
+        rate = self.seen / max(self._clock() - self.t0, 1e-9)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}", lr=lr, img_s=f"{rate:.1f}")
+        return rate
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -47,6 +47,7 @@ from hyctas_dsl.ast import Arch
 from hyctas_dsl.run import dist
 from hyctas_dsl.run.common import (
     IGNORE,
+    Progress,
     append_log,
     check_finite,
     check_resumable,
@@ -310,13 +311,8 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
 
     stop = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     loader = step_loader(train_set, cfg.batch, cfg.seed, start, stop, info.rank, info.world, default_workers(cfg))
-    bar = None
-    if progress and info.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {arch.name}", unit="step", dynamic_ncols=True)
-    t0 = time.perf_counter()
-    seen, loss_value, done = 0, last_loss, start
+    meter = Progress(cfg.steps, start, f"train {arch.name}", progress and info.is_main)
+    loss_value, done = last_loss, start
     train_model.train()
     for step, (x, y) in enumerate(loader, start=start):
         torch.manual_seed(_seed_for(cfg.seed, step, info.rank))
@@ -349,13 +345,9 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
         loss_value = float(parts[0] + cfg.aux_weight * parts[1])
         check_finite(loss_value, step, ckpt, cfg.lr)
         optimizer.step()
-        seen += cfg.batch
         done = step + 1
         if info.is_main:
-            rate = seen / max(time.perf_counter() - t0, 1e-9)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.5f}", img_s=f"{rate:.1f}")
+            rate = meter.step(cfg.batch, loss_value, f"{lr:.5f}")
             if done % LOG_EVERY == 0 or done == stop:
                 rec = {"step": done, "loss": loss_value, "main_loss": float(parts[0]), "lr": lr,
                        "drop_path": drop_path_at(cfg, step), "img_per_s": rate}
@@ -365,8 +357,7 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
             if done % cfg.checkpoint_every == 0 or done == stop:
                 _save_checkpoint(ckpt, model, optimizer, done, cfg, arch_text, loss_value)
                 plot_curve(out / "log.jsonl", out / "curve.png", arch.name)
-    if bar is not None:
-        bar.close()
+    meter.close()
     dist.barrier(info)
     miou = None
     if done >= cfg.steps:
@@ -374,7 +365,7 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
             save_model(net, arch, out / MODEL, classes)
         miou = _final_eval(cfg, net, val_set, info, out, done)
     dist.barrier(info)
-    return TrainResult(out, done, loss_value, time.perf_counter() - t0, miou)
+    return TrainResult(out, done, loss_value, time.perf_counter() - meter.t0, miou)
 
 
 def _final_eval(cfg: TrainConfig, net: nn.Module, val_set, info, out: Path, step: int) -> Optional[float]:

@@ -39,6 +39,7 @@ from hyctas_dsl.run.common import (  # noqa: F401 - the errors are re-exported f
     TrainingDiverged,
     append_log,
     check_finite,
+    Progress,
     check_resumable,
     load_optimizer_tensors,
     make_optimizer,
@@ -133,13 +134,8 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
         _trim_log(out / "log.jsonl", start)
 
     loader = step_loader(train_set, cfg.batch, cfg.seed, start, cfg.steps, info.rank, info.world, default_workers(cfg))
-    bar = None
-    if progress and info.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc="supernet", unit="step", dynamic_ncols=True)
-    t0 = time.perf_counter()
-    seen, step = 0, start
+    meter = Progress(cfg.steps, start, "supernet", progress and info.is_main)
+    step = start
     loss_value = last_loss
     supernet.train()
     for step, (x, y) in enumerate(loader, start=start):
@@ -165,24 +161,19 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
         loss_value = float(loss_sum.item())
         check_finite(loss_value, step, ckpt, cfg.lr)
         optimizer.step()
-        seen += cfg.batch
         done = step + 1
         if info.is_main:
-            rate = seen / max(time.perf_counter() - t0, 1e-9)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{_lr(cfg, step):.4f}", img_s=f"{rate:.1f}")
+            rate = meter.step(cfg.batch, loss_value, f"{_lr(cfg, step):.4f}")
             if done % LOG_EVERY == 0 or done == cfg.steps:
                 append_log(out / "log.jsonl", {"step": done, "loss": loss_value, "lr": _lr(cfg, step), "img_per_s": rate})
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 _save_checkpoint(ckpt, supernet, optimizer, done, cfg, loss_value)
                 save_supernet(supernet, out / SUPERNET)
-    if bar is not None:
-        bar.close()
+    meter.close()
     dist.barrier(info)
     if info.is_main and start >= cfg.steps and not (out / SUPERNET).exists():
         save_supernet(supernet, out / SUPERNET)
-    return SupernetResult(out, cfg.steps, loss_value, time.perf_counter() - t0)
+    return SupernetResult(out, cfg.steps, loss_value, time.perf_counter() - meter.t0)
 
 
 def default_workers(cfg) -> int:
