@@ -70,6 +70,7 @@ __all__ = [
     "MAX_TRIES",
     "sample_arch",
     "sample_population",
+    "sample_extreme",
     "mutate",
     "crossover",
     "arch_name",
@@ -335,6 +336,30 @@ def sample_arch(
         f"no sample of {max_tries} with {n_branches} branches fits space `{space.name}`'s memory limit",
         "raise the space's `memory` limit, or fix fewer layers or a smaller filter multiplier",
     )
+
+
+def sample_extreme(space: Space, rng: np.random.Generator, largest: bool, name: str | None = None) -> Arch:
+    """The largest or the smallest subnet of the sandwich rule (BigNAS, section 3.1; Yu and
+    Huang's universally slimmable networks). Ops, down positions and the head among those
+    that fit stay random, so every op's weights take part; what is extreme is the size:
+
+    * largest: the most branches the space allows, every layer, the widest width in every
+      cell, every fusion gate on, the finest output stride;
+    * smallest: one branch, the fewest layers that reach a one-branch head, the narrowest
+      width in every cell, the coarsest output stride.
+
+    Constraint 4 (memory) is not checked: the extremes exist to be trained, and the largest
+    may be over a limit meant for searched architectures."""
+    n_branches = space.max_branches if largest else 1
+    layers = space.layers if largest else _min_layers(space, n_branches)
+    if layers is None:
+        raise _fail("HY207", f"space `{space.name}` has no head for {n_branches} branches")
+    filters = max(space.filters) if largest else min(space.filters)
+    draft = _sample_once(space, rng, n_branches, layers, filters, 1.0 if largest else 0.0)
+    width = max(space.widths) if largest else min(space.widths)
+    draft.cells = [[c.model_copy(update={"width": width}) for c in branch] for branch in draft.cells]
+    draft.output_stride = min(space.output_strides) if largest else max(space.output_strides)
+    return draft.build(name)
 
 
 def sample_population(

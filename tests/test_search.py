@@ -41,7 +41,8 @@ def test_search_emits_valid_compilable_front(supernet_dir, tmp_path):
     assert res.files, "a search always has a non-empty front"
     space = hy.parse(TINY_SPACE).spaces[0]
     for f in res.files:
-        module = hy.load(f, space=space)  # validates against the tiny space
+        module = hy.load(f)  # self-describing: validated against the space declared beside it
+        assert module.spaces == (space,)
         arch = module.archs[0]
         meta = arch.meta_dict()
         assert 0.0 <= meta["miou"] <= 1.0 and meta["params"] > 0 and "generation" in meta
@@ -89,3 +90,35 @@ def test_latency_objective_records_the_protocol(supernet_dir, tmp_path):
         assert meta["latency_protocol"].startswith("batch 1, 1x3x32x32, cpu (1 thread), fp32")
     summary = json.loads((tmp_path / "lat" / "summary.json").read_text())
     assert len(summary["latency_lut"]) == len(res.files) and summary["latency_lut_mean_abs_error"] is not None
+
+
+def test_emitted_files_need_no_space_flag(supernet_dir, tmp_path):
+    """validate, compile, draw and key on an emitted file: no --space, the file says it."""
+    res = run(supernet_dir, tmp_path / "out", branches=[1], generations=1)
+    f = str(res.files[0])
+    for args in (["validate", f], ["compile", f], ["key", f], ["draw", f, "-o", str(tmp_path / "a.dot")]):
+        r = hyctas(*args)
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    assert (tmp_path / "a.dot").read_text().startswith("digraph")
+
+
+def test_search_trains_its_supernet_from_the_config_table(tmp_path):
+    """The [supernet] table of --config configures the supernet the demo search trains; with
+    --supernet given as well it is an error, not silently ignored."""
+    (tmp_path / "tiny.hy").write_text(TINY_SPACE)
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[supernet]\nspace = "{tmp_path / "tiny.hy"}"\nsteps = 2\nbatch = 2\nscheme = "sandwich"\n'
+                    '[search]\nobjective = "flops"\nbranches = [1]\npopulation = 2\ngenerations = 1\n'
+                    f'bn_images = 4\nval_images = 4\ndata = "{DATA}"\n')
+    r = hyctas("search", "--config", str(conf), "--emit-dsl", str(tmp_path / "out"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "out" / "supernet" / "config.json").read_text())["config"]
+    assert (rec["steps"], rec["batch"], rec["scheme"]) == (2, 2, "sandwich")
+    r = hyctas("search", "--config", str(conf), "--supernet", str(tmp_path / "out" / "supernet"),
+               "--emit-dsl", str(tmp_path / "out2"), "--quiet")
+    assert r.returncode == 2 and "[supernet]" in r.stderr
+
+
+def hyctas(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "hyctas_dsl.cli", *args], capture_output=True, text=True, env=env, timeout=300)

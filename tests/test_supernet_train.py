@@ -100,3 +100,100 @@ def test_cli_runs_under_torchrun_with_two_processes(space_file, tmp_path):
     cfg_json = json.loads((out / "config.json").read_text())
     assert cfg_json["world_size"] == 2
     assert (out / "supernet.safetensors").exists()
+
+
+# ---------------------------------------------------------------- training schemes
+
+
+def _space():
+    import hyctas_dsl as hy
+
+    return hy.parse(TINY_SPACE).spaces[0]
+
+
+def test_sandwich_step_trains_largest_smallest_and_random_subnets():
+    from hyctas_dsl.run.schemes import step_subnets
+
+    space = _space()
+    c = SupernetConfig(scheme="sandwich", random_subnets=3, branch_balance=True, seed=5)
+    subs = step_subnets(space, c, step=7)
+    assert [s.role for s in subs] == ["largest", "smallest", "random", "random", "random"]
+    big, small = subs[0].arch, subs[1].arch
+    assert len(big.branches) == space.max_branches and big.layers == space.layers
+    assert {c.width for b in big.branches for c in b.cells} == {max(space.widths)}
+    assert big.head.output_stride == min(space.output_strides)
+    assert len(big.fusions) == 2 * (space.layers - 1)  # every gate of two branches is on
+    assert len(small.branches) == 1 and small.layers == 1
+    assert {c.width for b in small.branches for c in b.cells} == {min(space.widths)}
+    assert small.head.output_stride == max(space.output_strides)
+    # balance: random subnets cycle through the branch counts, whatever the prior says
+    counts = [len(s.arch.branches) for k in range(4) for s in step_subnets(space, c, k) if s.role == "random"]
+    assert counts == [1 + i % 2 for i in range(12)]
+    # a step's subnets are a pure function of (seed, step): resume samples the same ones
+    again = step_subnets(space, c, step=7)
+    assert [hy_key(s.arch) for s in again] == [hy_key(s.arch) for s in subs]
+
+
+def hy_key(arch):
+    import hyctas_dsl as hy
+
+    return hy.canonical_key(arch)
+
+
+def test_paper_scheme_is_one_subnet_from_the_prior():
+    from hyctas_dsl.run.schemes import step_subnets
+
+    space = _space()
+    c = SupernetConfig(scheme="paper", branch_balance=False, seed=0)
+    subs = [step_subnets(space, c, k) for k in range(200)]
+    assert all(len(s) == 1 and s[0].role == "random" for s in subs)
+    share = sum(len(s[0].arch.branches) == 1 for s in subs) / len(subs)
+    assert 0.28 < share < 0.52  # prior 0.4 / 0.6
+
+
+def test_distillation_targets_are_detached():
+    """Students learn from the teacher's soft labels; no gradient reaches the teacher's output
+    through a student's loss (in-place distillation, BigNAS)."""
+    from hyctas_dsl.compiler import Supernet
+    from hyctas_dsl.run.schemes import StepSubnet, step_subnets, train_step
+
+    torch.manual_seed(0)
+    space = _space()
+    net = Supernet(space, classes=3)
+    c = SupernetConfig(scheme="sandwich", random_subnets=0, seed=1)
+    big, small = step_subnets(space, c, 0)
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    # The teacher alone, then teacher + a student with pure distillation: the grads of weights
+    # only the teacher uses must be the same, i.e. the student's loss did not flow into them.
+    net.zero_grad()
+    train_step(net, [big], x, y, float(y.numel()), distill=1.0)
+    alone = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    net.zero_grad()
+    train_step(net, [big, small], x, y, float(y.numel()), distill=1.0)
+    used_by_small = {n for n, p in net.named_parameters() if p.grad is not None and (n not in alone or not torch.equal(p.grad, alone[n]))}
+    view_small = {id(p) for p in net.subnet(small.arch).parameters()}
+    names_small = {n for n, p in net.named_parameters() if id(p) in view_small}
+    assert used_by_small and used_by_small <= names_small
+    # and the soft-label loss is what the student is trained on: it moves with the teacher
+    from hyctas_dsl.run.schemes import distill_loss
+
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    teacher = torch.softmax(torch.randn(1, 3, 4, 4), 1)
+    labels = torch.zeros(1, 4, 4, dtype=torch.long)
+    labels[0, 0, 0] = 255  # ignored pixels do not count
+    loss = distill_loss(logits, teacher, labels, 15.0)
+    expect = -(teacher * torch.log_softmax(logits, 1)).sum(1)[labels != 255].sum() / 15.0
+    assert torch.allclose(loss, expect)
+
+
+def test_sandwich_resume_is_exact(space_file, tmp_path):
+    torch.set_num_threads(1)
+    kw = dict(scheme="sandwich", random_subnets=1, distill=0.5, branch_balance=True)
+    straight = tmp_path / "straight"
+    train_supernet(cfg(space_file, straight, **kw), progress=False)
+    split = tmp_path / "split"
+    train_supernet(cfg(space_file, split, steps=3, **kw), progress=False)
+    train_supernet(cfg(space_file, split, steps=6, **kw), resume=True, progress=False)
+    a, b = weights(straight), weights(split)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

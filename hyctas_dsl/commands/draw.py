@@ -31,10 +31,12 @@ def _decl_names(module: Module) -> str:
 
 
 def pick(module: Module, path: str, name: Optional[str], *, want_arch: bool) -> Arch | Space:
-    """The declaration of ``module`` to draw: the one named ``name``, or the only one."""
+    """The declaration of ``module`` to draw: the one named ``name``, or the only arch (a
+    space beside it is that arch's space, as in the files the search emits), or the only
+    declaration."""
     from hyctas_dsl.cli import fail_usage
 
-    decls = list(module.archs) if want_arch else list(module.decls)
+    decls = list(module.archs) if want_arch or (name is None and len(module.archs) == 1) else list(module.decls)
     if name is not None:
         for d in decls:
             if d.name == name:

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
         def job():
-            from hyctas_dsl.run.config import ConfigError, SearchConfig, load_config, merge
+            from hyctas_dsl.run.config import ConfigError, SearchConfig, SupernetConfig, load_config, merge
             from hyctas_dsl.run.search import search
 
             nbs: Optional[List[int]] = None
@@ -65,7 +65,12 @@ def register(app: typer.Typer) -> None:
                 miou_min=miou_min, bn_images=bn_images, val_images=val_images, latency_seconds=latency_seconds,
                 latency_input=size_option(latency_input, "--latency-input"), seed=seed, device=device,
             ))
-            res = search(cfg, resume=resume, progress=not quiet)
+            sn_table = tables.get("supernet")
+            if sn_table is not None and cfg.supernet is not None:
+                raise ConfigError(f"{config}: the [supernet] table configures the supernet a search trains when no "
+                                  "--supernet is given; with a supernet given it would be ignored, so remove one of them")
+            sn_cfg = merge(SupernetConfig, config, sn_table, {}) if sn_table is not None else None
+            res = search(cfg, resume=resume, progress=not quiet, supernet_cfg=sn_cfg)
             typer.echo(f"search: {res.evaluated} candidates evaluated in {res.seconds:.0f} s; "
                        f"{len(res.files)} Pareto members written to {res.out}/ (candidates.csv, pareto.png, summary.json)")
 

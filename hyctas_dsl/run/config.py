@@ -51,6 +51,17 @@ class SupernetConfig(_Config):
     decay_every: int = Field(30, ge=1, description="steps between two decays (lr x0.992 each)")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
+    scheme: Optional[Literal["paper", "sandwich"]] = Field(
+        None, description="paper: one subnet per step with the branch prior; sandwich: largest + smallest + random "
+        "subnets per step (BigNAS); default: paper, but sandwich on the embedded digits"
+    )
+    random_subnets: int = Field(2, ge=0, description="sandwich: random subnets per step besides the largest and smallest")
+    distill: Optional[float] = Field(
+        None, ge=0, le=1, description="sandwich: weight of in-place distillation from the largest subnet (0: labels only)"
+    )
+    branch_balance: Optional[bool] = Field(
+        None, description="random subnets cycle through the branch counts instead of drawing from the branch prior"
+    )
     seed: int = 0
     checkpoint_every: int = Field(100, ge=1)
     workers: Optional[int] = Field(None, ge=0, description="DataLoader workers (default: 0 for in-memory digits, else 2)")
@@ -64,7 +75,10 @@ class SupernetConfig(_Config):
         0.003), so the embedded data defaults to AdamW; real data sets get the paper's SGD."""
         opt = self.optimizer or ("adamw" if self.data.split(":")[0] == "digits" else "sgd")
         lr = self.lr if self.lr is not None else (0.003 if opt == "adamw" else 0.02)
-        return self.model_copy(update={"optimizer": opt, "lr": lr})
+        scheme = self.scheme or "paper"
+        distill = self.distill if self.distill is not None else 0.0
+        balance = self.branch_balance if self.branch_balance is not None else False
+        return self.model_copy(update={"optimizer": opt, "lr": lr, "scheme": scheme, "distill": distill, "branch_balance": balance})
 
 
 class SearchConfig(_Config):

@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 from typing import Sequence
 
-from hyctas_dsl.ast import Arch, MetaEntry
+from hyctas_dsl.ast import Arch, MetaEntry, Module, Space
 from hyctas_dsl.printer import dumps
 from hyctas_dsl.run.io import atomic_path, write_text
 
@@ -53,8 +53,11 @@ def with_meta(arch: Arch, record: dict, name: str, extra: dict | None = None) ->
     return arch.model_copy(update={"name": name, "meta": tuple(MetaEntry(key=k, value=v) for k, v in facts)})
 
 
-def write_front(out: Path, members: list[tuple[Arch, dict]], extra: dict | None = None) -> list[Path]:
-    """One canonical .hy file per Pareto member, named by branch count and rank."""
+def write_front(out: Path, members: list[tuple[Arch, dict]], extra: dict | None = None, space: Space | None = None) -> list[Path]:
+    """One canonical .hy file per Pareto member, named by branch count and rank. With
+    ``space``, each file declares that space before the arch, so the file is self-describing:
+    ``hyctas validate``/``compile``/``draw``/``train`` check the arch against its own space
+    (a file's only space is its archs' space) with no ``--space`` flag."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     counters: dict[int, int] = {}
@@ -64,7 +67,8 @@ def write_front(out: Path, members: list[tuple[Arch, dict]], extra: dict | None 
         name = f"searched_b{nb}_{counters[nb]:02d}"
         path = out / f"{name}.hy"
         header = "# Found by `hyctas search`; meta holds what was measured on the supernet's weights.\n"
-        text = dumps(with_meta(arch, rec, name, extra))
+        member = with_meta(arch, rec, name, extra)
+        text = dumps(Module(decls=(space, member)) if space is not None else member)
         first, rest = text.split("\n", 1)
         write_text(path, first + "\n\n" + header + rest.lstrip("\n"))
         rec["file"] = path.name

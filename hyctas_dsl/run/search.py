@@ -50,7 +50,10 @@ def _gathered(info: dist.DistInfo, items: list, fn) -> list:
     return [merged[i] for i in idx]
 
 
-def search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -> SearchSummary:
+def search(cfg: SearchConfig, resume: bool = False, progress: bool = True, supernet_cfg: SupernetConfig | None = None) -> SearchSummary:
+    """Run the search as configured. Without ``cfg.supernet`` a supernet is trained first into
+    OUT/supernet, configured by ``supernet_cfg`` (the config file's ``[supernet]`` table; its
+    ``out``, ``data``, ``seed`` and ``device`` default to the search's)."""
     from hyctas_dsl.compiler import export
     from hyctas_dsl.compiler.checkpoint import load_supernet
     from hyctas_dsl.cost import arch_cost
@@ -73,11 +76,13 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -> Se
     if cfg.supernet is None:
         from hyctas_dsl.run.supernet import train_supernet
 
+        given = (supernet_cfg or SupernetConfig()).model_dump(exclude_unset=True)
+        sn_cfg = SupernetConfig(**{"out": str(sn_dir), "data": cfg.data, "seed": cfg.seed, "device": cfg.device, **given})
+        sn_dir = Path(sn_cfg.out)
         # A finished run resumes as a no-op; an interrupted one continues.
         started = (sn_dir / "checkpoint.safetensors").exists()
-        say(f"no --supernet given: {'continuing' if started else 'training'} one with the defaults in {sn_dir}")
+        say(f"no --supernet given: {'continuing' if started else 'training'} one in {sn_dir}")
         t0 = time.perf_counter()
-        sn_cfg = SupernetConfig(out=str(sn_dir), data=cfg.data, seed=cfg.seed, device=cfg.device)
         train_supernet(sn_cfg, resume=started, progress=progress)
         t_train = time.perf_counter() - t0
     sn_file = sn_dir / "supernet.safetensors" if sn_dir.is_dir() else sn_dir
@@ -172,7 +177,7 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -> Se
     files: list[Path] = []
     lut_error = None
     if info.is_main:
-        files = write_front(out, members, {"search_seed": cfg.seed, "objective": cfg.objective})
+        files = write_front(out, members, {"search_seed": cfg.seed, "objective": cfg.objective}, space=space)
         by_key = {m[1]["key"]: m[1].get("file") for m in members}
         for row in records:
             if row.get("on_front"):

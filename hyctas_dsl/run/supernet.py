@@ -49,6 +49,7 @@ from hyctas_dsl.run.common import (  # noqa: F401 - the errors are re-exported f
     step_loader,
 )
 from hyctas_dsl.run.config import SupernetConfig
+from hyctas_dsl.run.schemes import step_subnets, train_step
 from hyctas_dsl.run.io import atomic_path, environment, read_json, write_json
 
 __all__ = ["train_supernet", "TrainingDiverged", "ResumeMismatch", "SupernetResult"]
@@ -102,7 +103,6 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     from hyctas_dsl.compiler import Supernet
     from hyctas_dsl.compiler.checkpoint import save_supernet
     from hyctas_dsl.data import make_datasets
-    from hyctas_dsl.genome import sample_arch
 
     cfg = cfg.resolved()
     info = dist.init(cfg.device)
@@ -139,7 +139,7 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     loss_value = last_loss
     supernet.train()
     for step, (x, y) in enumerate(loader, start=start):
-        arch = sample_arch(space, np.random.default_rng([cfg.seed, step]), name=f"step{step}")
+        subnets = step_subnets(space, cfg, step)
         x, y = x.to(info.device), y.to(info.device)
         labelled = float((y != 255).sum())
         if info.enabled:
@@ -148,11 +148,8 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
             labelled = float(t.item())
         for group in optimizer.param_groups:
             group["lr"] = _lr(cfg, step)
-        view = supernet.subnet(arch)
-        loss = seg_loss(view(x), y, labelled)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        loss_sum = loss.detach().clone()
+        loss_sum = train_step(supernet, subnets, x, y, labelled, cfg.distill)
         if info.enabled:
             torch_dist.all_reduce(loss_sum)
             for p in supernet.parameters():

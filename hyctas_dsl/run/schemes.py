@@ -1,0 +1,84 @@
+"""Supernet training schemes: which subnets a step trains, and with which loss.
+
+* ``paper`` (section 4.2 "Search", eq. 1-2): one subnet per step, its branch count drawn from
+  the space's prior (0.2 / 0.3 / 0.5 in the paper), everything else uniform. The default on
+  real data sets.
+* ``sandwich`` (BigNAS, Yu et al. 2020, section 3.1; the sandwich rule of universally
+  slimmable networks): every step trains the largest subnet, the smallest subnet and
+  ``random_subnets`` random ones on the same batch, gradients summed into one optimizer step.
+  With ``distill`` > 0 the smaller subnets also learn from the largest one's soft predictions
+  (in-place distillation): their loss is ``(1 - distill) * CE(labels) + distill *
+  CE(teacher's probabilities)``, the teacher's output detached so that no gradient flows
+  back into it through a student.
+
+``branch_balance`` replaces the branch prior for the random subnets by a fixed cycle
+1, 2, 3, 1, 2, ... over the steps, so every branch count gets the same number of steps
+(with the paper's prior, one-branch subnets get a fifth of them, spread over three heads).
+
+Everything a step trains is a pure function of (seed, step), so resuming stays exact.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hyctas_dsl.ast import Arch, Space
+from hyctas_dsl.run.common import IGNORE, seg_loss
+
+__all__ = ["StepSubnet", "step_subnets", "train_step", "distill_loss"]
+
+
+class StepSubnet(NamedTuple):
+    role: str  # "largest", "smallest" or "random"
+    arch: Arch
+
+
+def step_subnets(space: Space, cfg, step: int) -> list[StepSubnet]:
+    """The subnets step ``step`` trains, in training order (the teacher first)."""
+    from hyctas_dsl.genome import sample_arch, sample_extreme
+
+    rng = np.random.default_rng([cfg.seed, step])
+    if cfg.scheme == "paper":
+        n = _balanced(space, step, 0, 1) if cfg.branch_balance else None
+        return [StepSubnet("random", sample_arch(space, rng, n_branches=n, name=f"step{step}"))]
+    out = [
+        StepSubnet("largest", sample_extreme(space, rng, largest=True, name=f"step{step}_largest")),
+        StepSubnet("smallest", sample_extreme(space, rng, largest=False, name=f"step{step}_smallest")),
+    ]
+    for i in range(cfg.random_subnets):
+        n = _balanced(space, step, i, cfg.random_subnets) if cfg.branch_balance else None
+        out.append(StepSubnet("random", sample_arch(space, rng, n_branches=n, name=f"step{step}_random{i}")))
+    return out
+
+
+def _balanced(space: Space, step: int, i: int, per_step: int) -> int:
+    return 1 + (step * per_step + i) % space.max_branches
+
+
+def distill_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor, normalizer: float) -> torch.Tensor:
+    """Cross-entropy against the teacher's per-pixel class probabilities (soft labels), summed
+    over the labelled pixels and divided by ``normalizer`` like :func:`seg_loss`."""
+    per_pixel = F.cross_entropy(logits, teacher_probs, reduction="none")
+    return (per_pixel * (labels != IGNORE)).sum() / max(normalizer, 1.0)
+
+
+def train_step(supernet, subnets: list[StepSubnet], x: torch.Tensor, y: torch.Tensor, labelled: float, distill: float) -> torch.Tensor:
+    """Forward and backward every subnet of the step on the same batch; gradients accumulate
+    in the shared weights (one subnet's activations alive at a time). Returns the mean loss
+    (detached); the caller steps the optimizer."""
+    teacher = None
+    total = torch.zeros((), device=x.device)
+    for sub in subnets:
+        logits = supernet.subnet(sub.arch)(x)
+        loss = seg_loss(logits, y, labelled)
+        if teacher is not None and distill > 0:
+            loss = (1.0 - distill) * loss + distill * distill_loss(logits, teacher, y, labelled)
+        if sub.role == "largest":
+            teacher = logits.detach().softmax(1)
+        loss.backward()
+        total = total + loss.detach()
+    return total / len(subnets)
