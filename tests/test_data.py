@@ -399,3 +399,23 @@ def test_front_end_imports_without_torch_or_the_data_package():
         "import hyctas_dsl.data; assert 'torch' not in sys.modules and 'sklearn' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bootstrap_miou_sd_measures_validation_noise():
+    import numpy as np
+
+    from hyctas_dsl.data.metrics import bootstrap_miou_sd, miou_of
+
+    rng = np.random.default_rng(0)
+    # identical images: resampling cannot move the score
+    same = np.tile(np.array([[50, 5], [5, 40]]), (30, 1, 1))
+    assert bootstrap_miou_sd(same) < 1e-12
+    # images that disagree: noise, and it shrinks like 1/sqrt(n) with more images
+    def varied(n):
+        good = rng.integers(0, 20, size=n)
+        m = np.zeros((n, 2, 2), np.int64)
+        m[:, 0, 0], m[:, 1, 1], m[:, 0, 1] = 50, good, 20 - good
+        return m
+    small, large = bootstrap_miou_sd(varied(25)), bootstrap_miou_sd(varied(400))
+    assert small > 0 and 2.5 < small / large < 6.5
+    assert miou_of(np.array([[3, 1], [0, 0]])) == (3 / 4 + 0 / 1) / 2

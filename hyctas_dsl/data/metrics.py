@@ -111,3 +111,27 @@ class ConfusionMatrix:
             "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
             "confusion": self.matrix.tolist(),
         }
+
+
+def miou_of(matrix: np.ndarray) -> float:
+    """Mean IoU of one [K, K] confusion matrix (rows target, columns prediction)."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    iou = tp[union > 0] / union[union > 0]
+    return float(iou.mean()) if iou.size else float("nan")
+
+
+def bootstrap_miou_sd(per_image: np.ndarray, resamples: int = 200, seed: int = 0) -> float:
+    """The standard deviation of mIoU over validation sets resampled with replacement from
+    the images (``per_image``: [N, K, K] confusion matrices, one per image): how much a
+    score would move on another validation set of the same size, the noise to set against
+    the gaps a search ranks."""
+    n = len(per_image)
+    if n < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    flat = per_image.reshape(n, -1)
+    # Resampling = a multinomial weight per image; matrix sums are weights @ flat.
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)
+    sums = (weights @ flat).reshape(resamples, *per_image.shape[1:])
+    return float(np.std([miou_of(m) for m in sums], ddof=1))

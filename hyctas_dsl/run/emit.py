@@ -21,7 +21,7 @@ OBJECTIVES = {
     "params": ("params", "params (M)", 1e-6),
 }
 
-CSV_FIELDS = ["search", "generation", "branches", "status", "miou", "latency_ms", "macs", "params", "on_front", "file", "key", "latency_protocol"]
+CSV_FIELDS = ["search", "generation", "branches", "status", "miou", "miou_sd", "latency_ms", "macs", "params", "on_front", "file", "key", "latency_protocol"]
 
 
 def pareto_mask(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -41,6 +41,7 @@ def with_meta(arch: Arch, record: dict, name: str, extra: dict | None = None) ->
     """``arch`` renamed, with its measured facts as ``meta`` (not part of its identity)."""
     facts: list[tuple[str, object]] = [
         ("miou", round(float(record["miou"]), 6)),
+        *([("miou_sd", round(float(record["miou_sd"]), 6))] if record.get("miou_sd") is not None else []),
         ("gmacs", round(record["macs"] / 1e9, 6)),
         ("params", int(record["params"])),
     ]

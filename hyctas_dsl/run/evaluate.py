@@ -15,8 +15,9 @@ from torch import nn
 from hyctas_dsl.api import canonical_key
 from hyctas_dsl.ast import Arch
 from hyctas_dsl.cost import arch_cost
+from hyctas_dsl.data.metrics import bootstrap_miou_sd
 
-__all__ = ["CandidateEvaluator", "recalibrate_bn", "evaluate_miou", "Timings"]
+__all__ = ["CandidateEvaluator", "recalibrate_bn", "evaluate_miou", "per_image_confusion", "Timings"]
 
 
 def _batchnorms(module: nn.Module):
@@ -46,13 +47,27 @@ def recalibrate_bn(view: nn.Module, batches: list[torch.Tensor]) -> None:
 
 @torch.no_grad()
 def evaluate_miou(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], classes: int) -> float:
-    from hyctas_dsl.data import ConfusionMatrix
+    return per_image_confusion(model, batches, classes)[1]
+
+
+@torch.no_grad()
+def per_image_confusion(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], classes: int) -> tuple[np.ndarray, float]:
+    """([N, K, K] confusion matrix of every image, mIoU of their sum); the per-image matrices
+    let :func:`hyctas_dsl.data.metrics.bootstrap_miou_sd` say how noisy the mIoU is."""
+    from hyctas_dsl.data.metrics import miou_of
 
     model.eval()
-    cm = ConfusionMatrix(classes)
+    k = classes
+    parts = []
     for x, y in batches:
-        cm.update(model(x).argmax(1), y)
-    return float(cm.miou())
+        p = model(x).argmax(1).reshape(len(x), -1).long()
+        t = y.reshape(len(y), -1).long()
+        keep = t != 255
+        img = torch.arange(len(x), device=t.device)[:, None].expand_as(t)
+        idx = (img * k * k + t.clamp(0, k - 1) * k + p)[keep]
+        parts.append(torch.bincount(idx, minlength=len(x) * k * k).reshape(len(x), k, k).cpu().numpy())
+    per_image = np.concatenate(parts) if parts else np.zeros((0, k, k), np.int64)
+    return per_image, miou_of(per_image.sum(0))
 
 
 @dataclass
@@ -81,7 +96,9 @@ class CandidateEvaluator:
         seed: int,
         device: torch.device,
         batch: int = 32,
+        noise: bool = True,
     ):
+        self.noise = noise  # the bootstrap sd of each mIoU over resampled validation sets
         self.supernet = supernet.to(device).eval()
         self.device = device
         self.classes = supernet.classes
@@ -100,7 +117,8 @@ class CandidateEvaluator:
         t_view = time.perf_counter()
         recalibrate_bn(view, self.bn_batches)
         t_bn = time.perf_counter()
-        miou = evaluate_miou(view, self.val_batches, self.classes)
+        per_image, miou = per_image_confusion(view, self.val_batches, self.classes)
+        miou_sd = bootstrap_miou_sd(per_image, seed=0) if self.noise else None
         t_eval = time.perf_counter()
         rep = arch_cost(arch, self.data_size, self.classes)
         t_cost = time.perf_counter()
@@ -111,6 +129,7 @@ class CandidateEvaluator:
         out = {
             "key": canonical_key(arch),
             "miou": miou,
+            **({"miou_sd": miou_sd} if miou_sd is not None else {}),
             "macs": rep.total.macs,
             "params": rep.total.params,
             "branches": len(arch.branches),
