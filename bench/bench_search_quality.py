@@ -1,31 +1,62 @@
-"""Search evidence on the embedded digits data (issue 4; run on purpose, not in CI).
+"""Does the search find architectures better than chance? Measured as the paper does (HyCTAS,
+Table 1 and Table 7), with the noise of every number beside it. Run on purpose, not in CI
+(about 30-40 minutes on a 2-core CPU after `make demo`).
 
-1. Ranking fidelity, the paper's Table 1: sample subnets, train each from scratch, and
-   compare with the supernet's estimate (mIoU after BN recalibration): Pearson rho and
-   Kendall tau (paper: 0.79 and 0.58).
-2. Searched vs random, the paper's Table 7: per branch count, the best architecture of a
-   search's Pareto front against random ones of the same branch count, all retrained from
-   scratch with the same budget: GMACs, params, mIoU.
-3. Search cost: where the demo search's time went (from its summary.json).
+1. Every branch count learns: the supernet's mIoU (after BatchNorm recalibration) of subnets
+   sampled per branch count, against the background floor (predicting background on every
+   pixel), each with its bootstrap sd over resampled validation sets.
+2. Ranking fidelity (Table 1): the same subnets trained from scratch with ``--seeds`` seeds;
+   Pearson rho and Kendall tau between the supernet's estimate and the from-scratch mean, over
+   all subnets and within each branch count (paper: rho 0.79, tau 0.58).
+3. Searched vs random (Table 7): per branch count, the searched front's best member (by the
+   supernet's mIoU) against ``--random`` random architectures of that branch count, all
+   trained from scratch with the same budget.
+4. Search cost: where the demo search's time went (its summary.json).
 
-    .venv/bin/python bench/bench_search_quality.py --search runs/demo [--subnets 10 --random 5 --steps 300]
+    .venv/bin/python bench/bench_search_quality.py --search runs/demo
 
-``--search`` is the output directory of ``hyctas search`` (its supernet is in
-``DIR/supernet`` unless ``--supernet`` says otherwise).
+From-scratch trainings run ``--jobs`` at a time, one CPU thread each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def scratch_miou(job: tuple) -> float:
+    """Train one arch (given as source text) from scratch; mIoU on the first val images."""
+    text, data, out, steps, optimizer, lr, seed, val_images = job
+    torch.set_num_threads(1)
+    import hyctas_dsl as hy
+    from hyctas_dsl.run.retrain import TrainConfig, train
+
+    arch = hy.loads(text, check_rules=False).archs[0]
+    cfg = TrainConfig(data=data, out=out, steps=steps, optimizer=optimizer, lr=lr, seed=seed, eval_images=val_images)
+    return float(train(cfg, arch, progress=False).miou)
+
+
+def fmt(m: float, sd: float | None = None) -> str:
+    return f"{100 * m:.1f}" + (f" ± {100 * sd:.1f}" if sd is not None and math.isfinite(sd) else "")
+
+
+def correlations(est: list[float], true: list[float]) -> tuple[float, float] | None:
+    from scipy.stats import kendalltau, pearsonr
+
+    if len(est) < 3 or min(np.ptp(est), np.ptp(true)) < 1e-4:
+        return None  # a constant side ranks nothing
+    return float(pearsonr(est, true)[0]), float(kendalltau(est, true)[0])
 
 
 def main() -> int:
@@ -33,96 +64,152 @@ def main() -> int:
     ap.add_argument("--search", default="runs/demo", help="output directory of `hyctas search`")
     ap.add_argument("--supernet", default=None, help="supernet run directory (default: SEARCH/supernet)")
     ap.add_argument("--data", default="digits")
-    ap.add_argument("--subnets", type=int, default=10, help="subnets for the ranking (the paper: 10)")
+    ap.add_argument("--per-branch", type=int, default=4, help="sampled subnets per branch count for 1 and 2 (the paper: 10 in all)")
+    ap.add_argument("--seeds", type=int, default=2, help="from-scratch seeds per ranked subnet")
     ap.add_argument("--random", type=int, default=5, help="random archs per branch count (the paper: 5)")
-    ap.add_argument("--steps", type=int, default=600, help="from-scratch training steps per arch")
+    ap.add_argument("--steps", type=int, default=1800, help="from-scratch training steps per arch")
     ap.add_argument("--optimizer", default="adamw", help="from-scratch optimizer (sgd is the paper's; it needs far more steps)")
-    ap.add_argument("--lr", type=float, default=0.003, help="from-scratch poly lr (the paper: SGD 0.005 for 186k steps)")
+    ap.add_argument("--lr", type=float, default=0.003, help="from-scratch poly lr")
+    ap.add_argument("--val-images", type=int, default=500, help="validation images for every mIoU")
+    ap.add_argument("--bn-images", type=int, default=256, help="BatchNorm recalibration images")
+    ap.add_argument("--jobs", type=int, default=2, help="from-scratch trainings at a time (1 thread each)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: ranking,random")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
 
     import hyctas_dsl as hy
     from hyctas_dsl.compiler.checkpoint import load_supernet
     from hyctas_dsl.cost import arch_cost
     from hyctas_dsl.data import make_datasets
+    from hyctas_dsl.data.metrics import miou_of
     from hyctas_dsl.genome import sample_arch
     from hyctas_dsl.run.evaluate import CandidateEvaluator
-    from hyctas_dsl.run.retrain import TrainConfig, train
 
+    t_all = time.perf_counter()
     search_dir = Path(args.search)
     sn_path = Path(args.supernet or search_dir / "supernet") / "supernet.safetensors"
+    if not sn_path.exists():
+        print(f"bench_search_quality: no supernet at {sn_path}; run `make demo` (or pass --supernet)", file=sys.stderr)
+        return 2
     supernet = load_supernet(sn_path)
     space = supernet.space
     train_set, val_set = make_datasets(args.data, seed=args.seed)
     size = tuple(val_set.get(0, 0)[0].shape[-2:])
-    evaluator = CandidateEvaluator(supernet, train_set, val_set, 128, 256, args.seed, torch.device("cpu"))
+    ev = CandidateEvaluator(supernet, train_set, val_set, args.bn_images, args.val_images, args.seed, torch.device("cpu"))
+    n_val = sum(len(y) for _x, y in ev.val_batches)
+    # The floor: background on every pixel of the same validation images.
+    floor_cm = np.zeros((supernet.classes, supernet.classes), np.int64)
+    for _x, y in ev.val_batches:
+        t = y[y != 255].long().numpy()
+        floor_cm[:, 0] += np.bincount(t, minlength=supernet.classes)
+    floor = miou_of(floor_cm)
     tmp = Path(tempfile.mkdtemp(prefix="hyctas-bench-"))
+    pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn"))
     skip = set(args.skip.split(","))
-    t_all = time.perf_counter()
 
-    def scratch(arch, tag: str) -> float:
-        cfg = TrainConfig(data=args.data, out=str(tmp / tag), steps=args.steps, optimizer=args.optimizer, lr=args.lr, seed=args.seed, eval_images=256)
-        return float(train(cfg, arch, progress=False).miou)
+    def submit(arch, tag: str, seed: int):
+        text = hy.dumps(arch.model_copy(update={"meta": ()}))
+        return pool.submit(scratch_miou, (text, args.data, str(tmp / tag), args.steps, args.optimizer, args.lr, seed, args.val_images))
 
-    print(f"# search quality on `{args.data}`: supernet {sn_path}, from-scratch budget {args.steps} steps "
-          f"(batch {TrainConfig().batch}, {args.optimizer} lr {args.lr}); {torch.get_num_threads()} CPU threads\n")
+    sn_cfg = json.loads((sn_path.parent / "config.json").read_text()).get("config", {}) if (sn_path.parent / "config.json").exists() else {}
+    print(f"# search quality on `{args.data}` ({space.name} space)\n")
+    print(f"supernet {sn_path}: {sn_cfg.get('steps', '?')} steps, scheme {sn_cfg.get('scheme', 'paper')}, "
+          f"distill {sn_cfg.get('distill', 0)}, branch balance {sn_cfg.get('branch_balance', False)}; "
+          f"from scratch: {args.steps} steps, batch 8, {args.optimizer} lr {args.lr}; {n_val} validation images, "
+          f"BN recalibrated on {args.bn_images}; ± is the sd over 200 bootstrap resamples of the validation images "
+          f"(supernet) or over {args.seeds} seeds (from scratch)\n")
+
+    # 1 + 2: sampled subnets, supernet estimate now, from-scratch runs in the background.
+    rng = np.random.default_rng([args.seed, 7])
+    subnets = []
+    for nb in range(1, space.max_branches + 1):
+        for i in range(args.per_branch):
+            arch = sample_arch(space, rng, n_branches=nb, name=f"b{nb}_{i}")
+            r = ev(arch)
+            futs = [] if "ranking" in skip else [submit(arch, f"rank_{arch.name}_s{s}", s) for s in range(args.seeds)]
+            subnets.append({"arch": arch, "est": r["miou"], "est_sd": r["miou_sd"], "futs": futs})
+
+    print("## 1. Every branch count learns (supernet mIoU, background floor "
+          f"{100 * floor:.1f})\n")
+    print("| branches | subnets | median | min | max | median sd | above floor + 3 sd |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for nb in range(1, space.max_branches + 1):
+        rs = [s for s in subnets if len(s["arch"].branches) == nb]
+        ms = [s["est"] for s in rs]
+        above = sum(s["est"] > floor + 3 * s["est_sd"] for s in rs)
+        print(f"| {nb} | {len(rs)} | {fmt(statistics.median(ms))} | {fmt(min(ms))} | {fmt(max(ms))} | "
+              f"{fmt(statistics.median(s['est_sd'] for s in rs))} | {above} of {len(rs)} |")
+    print()
 
     if "ranking" not in skip:
-        rng = np.random.default_rng([args.seed, 7])
-        est, true = [], []
-        print("## 1. Ranking fidelity (paper Table 1: rho 0.79, tau 0.58)\n")
-        print("| subnet | branches | supernet mIoU | from-scratch mIoU |")
+        print("## 2. Ranking fidelity (paper Table 1: rho 0.79, tau 0.58)\n")
+        print("| subnet | head / output stride | supernet mIoU | from-scratch mIoU |")
+        print("|---|---|---:|---:|")
+        for s in subnets:
+            vals = [f.result() for f in s["futs"]]
+            s["true"], s["true_sd"] = statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else float("nan"))
+            a = s["arch"]
+            head = "(" + ", ".join(map(str, a.head.strides)) + f") / {a.head.output_stride}"
+            print(f"| {a.name} | {head} | {fmt(s['est'], s['est_sd'])} | {fmt(s['true'], s['true_sd'])} |", flush=True)
+        rows = [("all", subnets)] + [(f"{nb} branch{'es' * (nb > 1)}", [s for s in subnets if len(s["arch"].branches) == nb])
+                                     for nb in range(1, space.max_branches + 1)]
+        print("\n| subnets | n | Pearson rho | Kendall tau |")
         print("|---|---:|---:|---:|")
-        for i in range(args.subnets):
-            arch = sample_arch(space, rng, name=f"subnet{i}")
-            e = evaluator(arch)["miou"]
-            t = scratch(arch, f"rank{i}")
-            est.append(e)
-            true.append(t)
-            print(f"| {i} | {len(arch.branches)} | {100 * e:.1f} | {100 * t:.1f} |", flush=True)
-        from scipy.stats import kendalltau, pearsonr
-
-        # A correlation with a (near) constant side is noise, not a ranking: say so.
-        if min(np.ptp(est), np.ptp(true)) < 1e-3:
-            side = "from-scratch" if np.ptp(true) < 1e-3 else "supernet"
-            print(f"\nundefined: every {side} mIoU is the same (no subnet learned beyond background); "
-                  "train longer (--steps) or the supernet longer\n")
-        else:
-            rho = pearsonr(est, true)[0]
-            tau = kendalltau(est, true)[0]
-            print(f"\nPearson rho = {rho:.2f}, Kendall tau = {tau:.2f} over {args.subnets} subnets\n")
+        for label, rs in rows:
+            c = correlations([s["est"] for s in rs], [s["true"] for s in rs])
+            print(f"| {label} | {len(rs)} | " + (f"{c[0]:.2f} | {c[1]:.2f} |" if c else "undefined (a constant side) | |"))
+        seed_sd = statistics.median(s["true_sd"] for s in subnets if math.isfinite(s["true_sd"])) if args.seeds > 1 else float("nan")
+        print(f"\nmedian seed-to-seed sd from scratch: {100 * seed_sd:.1f} pt; "
+              f"median bootstrap sd of the supernet's estimate: {100 * statistics.median(s['est_sd'] for s in subnets):.1f} pt\n")
 
     if "random" not in skip:
-        print("## 2. Searched vs random (paper Table 7)\n")
+        print("## 3. Searched vs random (paper Table 7)\n")
         print("| branches | arch | GMACs | params (K) | mIoU from scratch |")
         print("|---:|---|---:|---:|---:|")
         rng = np.random.default_rng([args.seed, 8])
-        for nb in (1, 2, 3):
+        plan = []
+        for nb in range(1, space.max_branches + 1):
             files = sorted(search_dir.glob(f"searched_b{nb}_*.hy"))
             if not files:
+                plan.append((nb, None, []))
+                continue
+            archs = [hy.load(f).archs[0] for f in files]
+            best = max(archs, key=lambda a: a.meta_dict().get("miou", 0.0))
+            best_f = [submit(best, f"b{nb}_searched_s{s}", s) for s in range(args.seeds)]
+            rand = [sample_arch(space, rng, n_branches=nb, name=f"random{k + 1}") for k in range(args.random)]
+            plan.append((nb, (best, best_f), [(a, submit(a, f"b{nb}_{a.name}", 0)) for a in rand]))
+        verdicts = []
+        for nb, searched, rand in plan:
+            if searched is None:
                 print(f"| {nb} | (no searched arch in {search_dir}) | | | |")
                 continue
-            archs = [hy.load(f, space=space).archs[0] for f in files]
-            best = max(archs, key=lambda a: a.meta_dict().get("miou", 0.0))
-            rows = [("searched", best)] + [(f"random {k + 1}", sample_arch(space, rng, n_branches=nb)) for k in range(args.random)]
-            rand = []
-            for label, arch in rows:
-                c = arch_cost(arch, size, supernet.classes).total
-                m = scratch(arch, f"b{nb}_{label.replace(' ', '')}")
-                if label != "searched":
-                    rand.append((c.macs, c.params, m))
-                print(f"| {nb} | {label} | {c.macs / 1e9:.4f} | {c.params / 1e3:.1f} | {100 * m:.1f} |", flush=True)
-            print(f"| {nb} | random, mean of {len(rand)} | {statistics.mean(r[0] for r in rand) / 1e9:.4f} | "
-                  f"{statistics.mean(r[1] for r in rand) / 1e3:.1f} | {100 * statistics.mean(r[2] for r in rand):.1f} |")
+            best, best_f = searched
+            vals = [f.result() for f in best_f]
+            c = arch_cost(best, size, supernet.classes).total
+            sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
+            print(f"| {nb} | searched ({best.name}, {len(vals)} seeds) | {c.macs / 1e9:.4f} | {c.params / 1e3:.1f} | {fmt(statistics.mean(vals), sd)} |")
+            rm = []
+            for a, f in rand:
+                c = arch_cost(a, size, supernet.classes).total
+                rm.append((c.macs, c.params, f.result()))
+                print(f"| {nb} | {a.name} | {c.macs / 1e9:.4f} | {c.params / 1e3:.1f} | {fmt(rm[-1][2])} |", flush=True)
+            mean, sd = statistics.mean(r[2] for r in rm), statistics.stdev(r[2] for r in rm)
+            print(f"| {nb} | random, mean ± sd of {len(rm)} | {statistics.mean(r[0] for r in rm) / 1e9:.4f} | "
+                  f"{statistics.mean(r[1] for r in rm) / 1e3:.1f} | {fmt(mean, sd)} |")
+            verdicts.append((nb, statistics.mean(vals), mean, sd))
         print()
+        for nb, s, m, sd in verdicts:
+            print(f"- {nb} branch{'es' * (nb > 1)}: searched {fmt(s)} vs random mean + 1 sd {fmt(m + sd)}: "
+                  f"{'beats' if s > m + sd else 'does not beat'} it")
+        print()
+    pool.shutdown()
 
     summary = search_dir / "summary.json"
     if summary.exists():
         t = json.loads(summary.read_text())["timings_s"]
         total = t.get("supernet_training", 0.0) + t.get("search_total", 0.0)
-        print("## 3. Search cost (the demo search's summary.json)\n")
+        print("## 4. Search cost (the demo search's summary.json)\n")
         print("| part | seconds | share |")
         print("|---|---:|---:|")
         for k in ("supernet_training", "bn_recalibration", "evaluation", "latency_measurement", "compile", "cost_model", "genome_and_nsga"):
