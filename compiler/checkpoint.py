@@ -104,6 +104,7 @@ def save_supernet(supernet, path: PathLike) -> None:
         "classes": str(supernet.classes),
         "attn_heads": str(supernet.attn_heads),
         "attn_ratio": repr(supernet.attn_ratio),
+        "shared_classifier": str(int(supernet.shared_classifier)),
     }
     _save_atomic(supernet.state_dict(), path, meta)
 
@@ -121,6 +122,7 @@ def load_supernet(path: PathLike, classes: int | None = None):
         n = int(meta["classes"])
         heads = int(meta.get("attn_heads", 4))
         ratio = float(meta.get("attn_ratio", 0.5))
+        shared = bool(int(meta.get("shared_classifier", "0")))  # files from before sharing: one per head
     except (KeyError, ValueError, HyctasError) as e:
         raise _err(path, f"damaged supernet metadata ({str(e).splitlines()[0][:120]})") from None
     if len(spaces) != 1:
@@ -129,7 +131,7 @@ def load_supernet(path: PathLike, classes: int | None = None):
         raise HyctasError([Diagnostic("HY408", f"the supernet in {path} was trained for {n} classes, not {classes}", None,
                                       "use the data set it was trained on, or train a new supernet")])
     with torch.device("meta"):
-        sn = Supernet(spaces[0], n, heads, ratio)
+        sn = Supernet(spaces[0], n, heads, ratio, shared_classifier=shared)
     _load_into(sn, _load_tensors(path), path, f"supernet of space `{spaces[0].name}`")
     return sn
 

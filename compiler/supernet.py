@@ -3,7 +3,8 @@
 ``Supernet(space)`` holds every op at its maximum width (filters = max(space.filters), each
 cell at round(s * F_max * 12 / 12) channels) at every reachable (layer, input stride,
 keep|down) position, every fusion projection keyed by (layer, source stride, target stride),
-one aggregation head per theta (with the output-stride-4 parts) and the stem.
+one aggregation head per theta, the stride-4 merge and classifier that every head shares
+(``shared_classifier``; one per theta otherwise) and the stem.
 
 ``supernet.subnet(arch)`` is a view (paper Table 1: "Memory Cost: One subnet"): it runs the
 arch's own network definition (``hyctas_dsl.compiler.lower``) as a weightless skeleton whose
@@ -92,6 +93,21 @@ def check_structure(arch: Arch) -> None:
         raise HyctasError(diags)
 
 
+_CLASSIFIER = ("proj4", "fuse4", "cls", "out")
+
+
+def _head_view(own: O.Head, shared: nn.ModuleDict) -> O.Head:
+    """A theta's head as one module (what subnet views and exports slice): its own
+    aggregation (``proj``, ``fuse``) and the supernet's shared stride-4 merge and classifier.
+    Not registered in the supernet, so every tensor has one name in its state_dict."""
+    head = O.Head.__new__(O.Head)
+    nn.Module.__init__(head)
+    head.proj, head.fuse, head.up8 = own.proj, own.fuse, own.up8
+    for k in _CLASSIFIER:
+        setattr(head, k, shared[k] if k in shared else None)
+    return head
+
+
 class Supernet(nn.Module):
     """Every op of ``space`` at maximum width at every reachable position (module doc).
 
@@ -100,7 +116,8 @@ class Supernet(nn.Module):
     supernet"); training samples subnets with :meth:`subnet` instead.
     """
 
-    def __init__(self, space: Space, classes: int = 19, attn_heads: int = 4, attn_ratio: float = 0.5):
+    def __init__(self, space: Space, classes: int = 19, attn_heads: int = 4, attn_ratio: float = 0.5,
+                 shared_classifier: bool = True):
         super().__init__()
         diags = check_space(space)
         if diags:
@@ -147,11 +164,27 @@ class Supernet(nn.Module):
             self.heads[head_key(tuple(theta))] = O.Head(
                 [channels(s, F, 12) for s in theta], 8 * F, self.classes, theta[0] > 8, 4 * F if 4 in space.output_strides else 0
             )
+        # What every theta's head does after its own aggregation (the stride-4 merge and the
+        # classifier) has the same shapes for all thetas. Shared, every step trains it,
+        # whichever head the sampled subnet has; one per theta, a one-branch head gets a
+        # few percent of the steps (module doc of hyctas_dsl.run.schemes).
+        self.shared_classifier = bool(shared_classifier)
+        self.__dict__["_head_views"] = {}
+        if self.shared_classifier:
+            first = next(iter(self.heads.values()))
+            self.classifier = nn.ModuleDict({k: getattr(first, k) for k in _CLASSIFIER if getattr(first, k) is not None})
+            for key, head in self.heads.items():
+                for k in _CLASSIFIER:
+                    if k in head._modules:
+                        del head._modules[k]
+                self._head_views[key] = _head_view(head, self.classifier)
 
     # -- views -------------------------------------------------------------------------
     def module_for(self, kind: str, key: str) -> nn.Module:
         if kind == "stem":
             return self.stem
+        if kind == "head" and self.shared_classifier:
+            return self._head_views[key]
         return {"cell": self.cells, "fusion": self.fusions, "head": self.heads}[kind][key]
 
     def check(self, arch: Arch, classes: int | None = None) -> None:
@@ -190,7 +223,7 @@ class Supernet(nn.Module):
         out = None
         for theta in space.heads:
             if all(s in streams for s in theta):
-                y = self.heads[head_key(tuple(theta))]([streams[s] for s in theta], x4)
+                y = self.module_for("head", head_key(tuple(theta)))([streams[s] for s in theta], x4)
                 out = y if out is None else out + y
         assert out is not None
         return out[:, :, :h, :w]

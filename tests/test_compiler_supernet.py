@@ -214,3 +214,33 @@ def test_cached_slices_follow_supernet_updates():
         view.eval()
         sn.load_state_dict({k: v.clone() * 0.5 if v.is_floating_point() else v.clone() for k, v in sn.state_dict().items()}, assign=True)
         assert (view(x) - export(arch, sn).eval()(x)).abs().max() < 1e-5
+
+
+def test_heads_share_one_classifier_and_old_files_keep_theirs(tmp_path):
+    """Every theta's head reads the supernet's one stride-4 merge and classifier, so a step
+    on a one-branch subnet trains what a three-branch subnet classifies with; a supernet
+    saved with one classifier per head loads as such."""
+    from hyctas_dsl.compiler.checkpoint import load_supernet, save_supernet
+
+    torch.manual_seed(0)
+    shared = Supernet(small_space((2, 4), 4), classes=5)
+    assert shared.shared_classifier and "classifier.cls.conv.weight" in shared.state_dict()
+    assert not any(k.startswith("heads.") and ".cls." in k for k in shared.state_dict())
+    one = arch_of(TWO)
+    view = shared.subnet(one)
+    view(torch.randn(2, 3, 32, 32)).sum().backward()
+    w = shared.classifier["cls"].conv.weight
+    assert w.grad is not None and w.grad.abs().sum() > 0
+    assert {id(p) for p in view.parameters()} >= {id(w)}
+    # save + load round trip keeps the sharing; the export equals the view
+    save_supernet(shared, tmp_path / "s.safetensors")
+    back = load_supernet(tmp_path / "s.safetensors")
+    assert back.shared_classifier
+    x = torch.randn(1, 3, 32, 32)
+    v = back.subnet(one).eval()
+    assert torch.allclose(v(x), export(one, back).eval()(x), atol=1e-5)
+    # one classifier per head: still buildable, saved and loaded as such
+    per_head = Supernet(small_space((2, 4), 4), classes=5, shared_classifier=False)
+    assert any(k.startswith("heads.h8.cls.") for k in per_head.state_dict())
+    save_supernet(per_head, tmp_path / "p.safetensors")
+    assert not load_supernet(tmp_path / "p.safetensors").shared_classifier
