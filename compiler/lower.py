@@ -38,8 +38,9 @@ def fusion_key(after: int, s_in: int, s_out: int) -> str:
     return f"l{after}_s{s_in}_to_s{s_out}"
 
 
-def head_key(strides: tuple[int, ...]) -> str:
-    return "h" + "_".join(str(s) for s in strides)
+def head_key(strides: tuple[int, ...], output_stride: int | None = None) -> str:
+    """``h8_16`` names theta's aggregation; ``h8_16@4`` the whole head at an output stride."""
+    return "h" + "_".join(str(s) for s in strides) + (f"@{output_stride}" if output_stride is not None else "")
 
 
 @dataclass
@@ -149,7 +150,7 @@ def lower(arch: Arch, classes: int = 19) -> Plan:
     os4 = hd["output_stride"] == 4
     nodes.append(
         NodePlan("head", HEAD, "head", "Head", [c_ins, head_channels(F), _Name("classes")],
-                 {"up8": strides[0] > 8, "c4": 4 * F if os4 else 0}, head_key(strides),
+                 {"up8": strides[0] > 8, "c4": 4 * F if os4 else 0}, head_key(strides, hd["output_stride"]),
                  f"head ({', '.join(map(str, strides))}), output stride {hd['output_stride']}")
     )
     fwd.append(f"logits = self.head([{', '.join(names[u] for _s, u in feeds)}], stem4)")

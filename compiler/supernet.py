@@ -3,8 +3,8 @@
 ``Supernet(space)`` holds every op at its maximum width (filters = max(space.filters), each
 cell at round(s * F_max * 12 / 12) channels) at every reachable (layer, input stride,
 keep|down) position, every fusion projection keyed by (layer, source stride, target stride),
-one aggregation head per theta, the stride-4 merge and classifier that every head shares
-(``shared_classifier``; one per theta otherwise) and the stem.
+one aggregation head per theta, a classifier per output stride (with the stride-4 merge)
+that every theta's head shares (``shared_classifier``; one per theta otherwise) and the stem.
 
 ``supernet.subnet(arch)`` is a view (paper Table 1: "Memory Cost: One subnet"): it runs the
 arch's own network definition (``hyctas_dsl.compiler.lower``) as a weightless skeleton whose
@@ -167,24 +167,31 @@ class Supernet(nn.Module):
         # What every theta's head does after its own aggregation (the stride-4 merge and the
         # classifier) has the same shapes for all thetas. Shared, every step trains it,
         # whichever head the sampled subnet has; one per theta, a one-branch head gets a
-        # few percent of the steps (module doc of hyctas_dsl.run.schemes).
+        # few percent of the steps (module doc of hyctas_dsl.run.schemes). One per output
+        # stride: the classifier of stride 4 reads merged stem features, that of stride 8
+        # does not, and one classifier for both learns the stride-4 inputs only (measured in
+        # docs/search_quality.md).
         self.shared_classifier = bool(shared_classifier)
         self.__dict__["_head_views"] = {}
         if self.shared_classifier:
-            first = next(iter(self.heads.values()))
-            self.classifier = nn.ModuleDict({k: getattr(first, k) for k in _CLASSIFIER if getattr(first, k) is not None})
+            self.classifier = nn.ModuleDict()
+            c4 = 4 * F if 4 in space.output_strides else 0
+            for os in space.output_strides:
+                donor = O.Head([8 * F], 8 * F, self.classes, False, c4 if os == 4 else 0)
+                self.classifier[f"os{os}"] = nn.ModuleDict({k: getattr(donor, k) for k in _CLASSIFIER if getattr(donor, k) is not None})
             for key, head in self.heads.items():
                 for k in _CLASSIFIER:
                     if k in head._modules:
                         del head._modules[k]
-                self._head_views[key] = _head_view(head, self.classifier)
+                for os in space.output_strides:
+                    self._head_views[f"{key}@{os}"] = _head_view(head, self.classifier[f"os{os}"])
 
     # -- views -------------------------------------------------------------------------
     def module_for(self, kind: str, key: str) -> nn.Module:
         if kind == "stem":
             return self.stem
-        if kind == "head" and self.shared_classifier:
-            return self._head_views[key]
+        if kind == "head":
+            return self._head_views[key] if self.shared_classifier else self.heads[key.partition("@")[0]]
         return {"cell": self.cells, "fusion": self.fusions, "head": self.heads}[kind][key]
 
     def check(self, arch: Arch, classes: int | None = None) -> None:
@@ -223,8 +230,11 @@ class Supernet(nn.Module):
         out = None
         for theta in space.heads:
             if all(s in streams for s in theta):
-                y = self.module_for("head", head_key(tuple(theta)))([streams[s] for s in theta], x4)
-                out = y if out is None else out + y
+                # every head module once: per output stride when shared, per theta otherwise
+                for os in space.output_strides if self.shared_classifier else (None,):
+                    key = head_key(tuple(theta), os) if os else head_key(tuple(theta))
+                    y = self.module_for("head", key)([streams[s] for s in theta], x4)
+                    out = y if out is None else out + y
         assert out is not None
         return out[:, :, :h, :w]
 

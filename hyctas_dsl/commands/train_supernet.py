@@ -85,6 +85,11 @@ def register(app: typer.Typer) -> None:
         checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints [default: 100]."),
         workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers [default: 0 for digits, else 2]."),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda [default: auto]."),
+        scheme: Optional[str] = typer.Option(None, "--scheme", help="paper (one subnet per step) | sandwich (largest + smallest + random, BigNAS) [default: paper]."),
+        random_subnets: Optional[int] = typer.Option(None, "--random-subnets", help="sandwich: random subnets per step [default: 2]."),
+        distill: Optional[float] = typer.Option(None, "--distill", help="sandwich: in-place distillation weight, 0..1 [default: 0]."),
+        branch_balance: Optional[bool] = typer.Option(None, "--branch-balance/--branch-prior", help="Branch counts in turn, or drawn from the space's prior [default: balance on the embedded digits]."),
+        shared_classifier: Optional[bool] = typer.Option(None, "--shared-classifier/--per-head-classifier", help="One classifier for every head, or one per head [default: shared]."),
         config: Optional[str] = typer.Option(None, "--config", help="TOML file with a [supernet] table."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -95,7 +100,9 @@ def register(app: typer.Typer) -> None:
             cfg = supernet_config(config, dict(
                 space=space, data=data, out=out, steps=steps, batch=batch, crop=size_option(crop, "--crop"),
                 optimizer=optimizer, lr=lr, lr_decay=lr_decay, decay_every=decay_every, seed=seed,
-                checkpoint_every=checkpoint_every, workers=workers, device=device,
+                checkpoint_every=checkpoint_every, workers=workers, device=device, scheme=scheme,
+                random_subnets=random_subnets, distill=distill, branch_balance=branch_balance,
+                shared_classifier=shared_classifier,
             ))
             res = train_supernet(cfg, resume=resume, progress=not quiet)
             typer.echo(f"supernet: {res.steps} steps, final loss {res.final_loss:.3f}, {res.seconds:.0f} s -> {res.out}/supernet.safetensors")

@@ -62,6 +62,9 @@ class SupernetConfig(_Config):
     branch_balance: Optional[bool] = Field(
         None, description="random subnets cycle through the branch counts instead of drawing from the branch prior"
     )
+    shared_classifier: bool = Field(
+        True, description="every head's stride-4 merge and classifier are one module (false: one per head)"
+    )
     seed: int = 0
     checkpoint_every: int = Field(100, ge=1)
     workers: Optional[int] = Field(None, ge=0, description="DataLoader workers (default: 0 for in-memory digits, else 2)")

@@ -111,7 +111,7 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     torch.manual_seed(cfg.seed)
     train_set, _val = make_datasets(cfg.data, seed=cfg.seed, crop=cfg.crop)
     classes = train_set.info.num_classes
-    supernet = Supernet(space, classes=classes).to(info.device)
+    supernet = Supernet(space, classes=classes, shared_classifier=cfg.shared_classifier).to(info.device)
     optimizer = make_optimizer(cfg, supernet.parameters())
 
     start, last_loss = 0, float("nan")
