@@ -39,7 +39,7 @@ def slice_groups(cls: str, local: str) -> tuple[int, int] | None:
     (input = [upsampled C_s, projected C_s]). Each group is sliced to its prefix."""
     if cls == "Attn" and local == "qkv.weight":
         return (0, 3)
-    if cls == "Head" and (local.startswith("fuse.") or local.startswith("fuse4.")) and local.endswith("conv.weight"):
+    if cls in ("Head", "PanopticHead") and (local.startswith("fuse.") or local.startswith("fuse4.")) and local.endswith("conv.weight"):
         return (1, 2)
     return None
 
@@ -143,8 +143,9 @@ class Supernet(nn.Module):
                         self.fusions[fusion_key(layer, s_in, s_out)] = O.Fusion(
                             channels(s_in, F, 12), channels(s_out, F, 12), s_in != s_out
                         )
+        head_cls = O.PanopticHead if space.task == "panoptic" else O.Head
         for theta in space.heads:
-            self.heads[head_key(tuple(theta))] = O.Head(
+            self.heads[head_key(tuple(theta))] = head_cls(
                 [channels(s, F, 12) for s in theta], 8 * F, self.classes, theta[0] > 8, 4 * F if 4 in space.output_strides else 0
             )
 
@@ -187,13 +188,15 @@ class Supernet(nn.Module):
                     fused[s_out] = fused[s_out] + self.fusions[fusion_key(layer, s_in, s_out)](new[s_in], new[s_out])
                 new = fused
             streams = new
-        out = None
+        outs: list[Tensor] = []
         for theta in space.heads:
             if all(s in streams for s in theta):
                 y = self.heads[head_key(tuple(theta))]([streams[s] for s in theta], x4)
-                out = y if out is None else out + y
-        assert out is not None
-        return out[:, :, :h, :w]
+                ys = list(y) if isinstance(y, tuple) else [y]  # panoptic: (logits, center, offset)
+                outs = ys if not outs else [a + b for a, b in zip(outs, ys)]
+        assert outs
+        cropped = [t[:, :, :h, :w] for t in outs]
+        return tuple(cropped) if len(cropped) > 1 else cropped[0]
 
     def extra_repr(self) -> str:
         return f"space={self.space.name}, filters={self.filters}, layers={self.space.layers}, classes={self.classes}"
@@ -245,6 +248,10 @@ def check_fit(arch: Arch, supernet: Supernet, classes: int | None = None) -> lis
     if tuple(arch.head.strides) not in {tuple(h) for h in space.heads}:
         out.append(Diagnostic("HY405", f"head ({_fmt(arch.head.strides)}) is not one of the supernet's heads",
                               arch.head.where("strides"), "heads: " + " ".join("(" + _fmt(h) + ")" for h in space.heads)))
+    if arch.task == "panoptic" and space.task != "panoptic":
+        out.append(Diagnostic("HY410", "a panoptic arch needs a supernet with the panoptic branches, "
+                              f"but space `{space.name}` is semantic", arch.where("task"),
+                              "add `task panoptic` to the space and train its supernet"))
     if arch.head.output_stride not in space.output_strides:
         out.append(Diagnostic("HY405", f"output stride {arch.head.output_stride} is not offered by the supernet ({_fmt(space.output_strides)})",
                               arch.head.where("output_stride") or arch.head.span))

@@ -33,6 +33,9 @@ from hyctas_dsl.run.panoptic import (
 )
 
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+
 def pan_of(sem, inst=None) -> torch.Tensor:
     sem = np.asarray(sem)
     inst = np.zeros_like(sem) if inst is None else np.asarray(inst)
@@ -313,3 +316,90 @@ def test_coco_panoptic_faults_name_the_file(tmp_path):
          "annotations": [{"image_id": 1, "file_name": "000000000001.png", "segments_info": []}]}))
     with pytest.raises(DataError, match="000000000001.png"):
         open_coco_panoptic(tmp_path, "val")
+
+
+# ------------------------------------------------------------------------------ compiler
+
+
+@pytest.fixture(scope="module")
+def panoptic_parts():
+    from hyctas_dsl.compiler import Supernet, export
+    from tests.test_compiler_ops import random_arch, small_space
+
+    for seed in range(100):  # two branches, output stride 4: the head's every path
+        a = random_arch(seed)
+        if len(a.branches) >= 2 and a.head.output_stride == 4:
+            break
+    arch = a.model_copy(update={"task": "panoptic"})
+    torch.manual_seed(0)
+    sn = Supernet(small_space().model_copy(update={"task": "panoptic"}), classes=4)
+    for mod in sn.modules():  # non-trivial BN statistics, so that a lost buffer shows
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 1.5)
+    sn.eval()
+    return arch, sn, export(arch, sn).eval()
+
+
+X = torch.randn(1, 3, 40, 72, generator=torch.Generator().manual_seed(0))
+
+
+def _close(a, b, tol=1e-5):
+    assert len(a) == len(b) == 3
+    for p, q in zip(a, b):
+        assert p.shape == q.shape and float((p - q).abs().max()) < tol
+
+
+def test_panoptic_view_equals_standalone_export_and_torchscript(panoptic_parts):
+    arch, sn, model = panoptic_parts
+    view = sn.subnet(arch).eval()
+    with torch.no_grad():
+        ref = model(X)
+        _close(view(X), ref)
+        _close(torch.jit.script(model)(X), ref)
+    logits, center, offset = ref
+    assert logits.shape == (1, 4, 40, 72) and center.shape == (1, 1, 40, 72) and offset.shape == (1, 2, 40, 72)
+    # the view trains the supernet's own instance branches (shared weights)
+    view.train()
+    sum(t.sum() for t in view(torch.randn(2, 3, 32, 32))).backward()
+    key = "h" + "_".join(map(str, arch.head.strides))
+    assert sn.heads[key].center[1].weight.grad is not None
+
+
+def test_panoptic_exports_onnx_model_py_safetensors(panoptic_parts, tmp_path):
+    from hyctas_dsl.commands.compile import _write_export
+    from hyctas_dsl.commands.export import exported_outputs
+
+    arch, sn, model = panoptic_parts
+    with torch.no_grad():
+        ref = model(X)
+    for name, fmt in (("m.pt", "torchscript"), ("m.safetensors", "safetensors"), ("model.py", "python"), ("m.onnx", "onnx")):
+        _write_export(tmp_path / name, arch, model, sn, (40, 72), 4)
+        with torch.no_grad():
+            _close(exported_outputs(tmp_path / name, fmt, X), ref, 1e-4)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["logits", "center", "offset"]
+
+
+def test_panoptic_cost_counts_the_branches_and_semantic_supernet_refuses(panoptic_parts):
+    from hyctas_dsl.compiler import Supernet, lower
+    from hyctas_dsl.cost import arch_cost
+    from hyctas_dsl.errors import HyctasError
+    from tests.test_compiler_ops import small_space
+
+    arch, sn, model = panoptic_parts
+    rows = {r.node: r.cost.params for r in arch_cost(arch, (64, 64), 4).rows}
+    for n in lower(arch, 4).nodes:
+        assert sum(p.numel() for p in getattr(model, n.attr).parameters()) == rows[n.node], n.node
+    semantic = arch.model_copy(update={"task": "semantic"})
+    extra = arch_cost(arch, (64, 64), 4).total.params - arch_cost(semantic, (64, 64), 4).total.params
+    c_s = 8 * arch.filters
+    assert extra == 2 * (9 * c_s * 32 + 64) + (32 + 1) + (64 + 2)
+    with pytest.raises(HyctasError, match="HY410"):
+        Supernet(small_space(), classes=4).subnet(arch)
+    # a semantic arch runs on a panoptic supernet: its semantic part
+    with torch.no_grad():
+        out = sn.subnet(semantic).eval()(X)
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 4, 40, 72)
