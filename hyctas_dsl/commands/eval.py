@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.commands.train import load_arch
+from hyctas_dsl.commands.train import TASK_HELP, load_arch, with_task
 from hyctas_dsl.commands.train_supernet import run_cli_job
 
 
@@ -68,11 +68,14 @@ def register(app: typer.Typer) -> None:
         samples: int = typer.Option(6, "--samples", help="Rows of the picture grid."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
     ) -> None:
         """Evaluate trained weights on a data set's validation split: IoU per class and mIoU,
         single-scale without flipping by default (as the paper reports), --flip and --scales
         optional. With --out: eval.json, the confusion matrix (.npy, .csv; rows = ground
         truth) and a picture grid of image / ground truth / prediction (Figure 5).
+        A panoptic arch (`task panoptic`, or --task panoptic) prints PQ / SQ / RQ per class,
+        for things, stuff and all, and mIoU; its grid colours instances apart.
 
         Exit 0 on success, 1 when the arch is invalid, 2 for unreadable files, weights of
         another arch or class count, and bad options.
@@ -82,6 +85,15 @@ def register(app: typer.Typer) -> None:
             typer.echo("hyctas: error: --images must be at least 1", err=True)
             raise typer.Exit(2)
         arch, _text = load_arch(file, arch_name, space)
+        arch = with_task(arch, task)
+        if arch.task == "panoptic":
+            if scale_list != (1.0,) or flip:
+                typer.echo("hyctas: error: panoptic evaluation is single-scale without flip (no --scales, --flip)", err=True)
+                raise typer.Exit(2)
+            from hyctas_dsl.run.panoptic_eval import eval_command
+
+            run_cli_job(lambda: eval_command(arch, weights, data, images, out, samples, device, quiet, load_weights))
+            return
 
         def job():
             from hyctas_dsl.data import make_datasets

