@@ -403,3 +403,88 @@ def test_panoptic_cost_counts_the_branches_and_semantic_supernet_refuses(panopti
     with torch.no_grad():
         out = sn.subnet(semantic).eval()(X)
     assert isinstance(out, torch.Tensor) and out.shape == (1, 4, 40, 72)
+
+
+# ------------------------------------------------------------------------------ train / eval / bench
+
+TINY_PANOPTIC = """hyctas 1
+
+space tiny_space {
+  filters 4
+  layers 2
+  strides 8 16
+  ops conv zconv
+  widths 12
+  branch_prior 0.5 0.5
+  heads (8) (8, 16)
+  output_strides 4
+}
+
+arch tiny {
+  filters 4
+  layers 2
+  head (8, 16) output_stride 4
+  branch hi {
+    1..2 conv w12
+  }
+  branch lo {
+    1 conv w12
+    2 zconv w12 down
+  }
+}
+"""
+
+
+def _cli():
+    import typer
+
+    from hyctas_dsl.commands import bench as bench_cmd
+    from hyctas_dsl.commands import eval as eval_cmd
+    from hyctas_dsl.commands import train as train_cmd
+
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        pass
+
+    for m in (train_cmd, eval_cmd, bench_cmd):
+        m.register(app)
+    return app
+
+
+def test_train_eval_bench_a_panoptic_model(tmp_path):
+    from typer.testing import CliRunner
+
+    arch = tmp_path / "tiny.hy"
+    arch.write_text(TINY_PANOPTIC)
+    app = _cli()
+    data = "digits:size=32,train=16,val=8"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = CliRunner().invoke(app, ["train", str(arch), "--task", "panoptic", "--data", data, "--steps", "3", "--batch", "4",
+                                     "--out", str(tmp_path / "run"), "--eval-images", "8", "-q"])
+        assert r.exit_code == 0, r.output
+        assert "val PQ" in r.output
+        log = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+        assert "instance_loss" in log[0] and 0 <= log[-1]["val_pq"] <= 1
+        # the weights are a panoptic network: eval with --task panoptic prints the PQ table
+        r = CliRunner().invoke(app, ["eval", str(arch), "--task", "panoptic", "--weights", str(tmp_path / "run"),
+                                     "--data", data, "--out", str(tmp_path / "ev"), "--samples", "2", "-q"])
+        assert r.exit_code == 0, r.output
+        assert "things" in r.output and "stuff" in r.output and "mIoU" in r.output
+        saved = json.loads((tmp_path / "ev/eval.json").read_text())
+        assert len(saved["per_class"]) == 11 and saved["images"] == 8
+        assert (tmp_path / "ev/predictions.png").stat().st_size > 0
+        # without --task the semantic arch does not match the panoptic weights: one line, exit 2
+        r = CliRunner().invoke(app, ["eval", str(arch), "--weights", str(tmp_path / "run"), "--data", data, "-q"])
+        assert r.exit_code == 2 and "belong to arch" in r.output
+        r = CliRunner().invoke(app, ["bench", str(arch), "--task", "panoptic", "--input", "64x64", "--seconds", "0.2",
+                                     "--warmup", "0"])
+        assert r.exit_code == 0, r.output
+        assert "post-processing" in r.output and "network + post-processing" in r.output
+        r = CliRunner().invoke(app, ["train", str(arch), "--task", "instance", "--steps", "1"])
+        assert r.exit_code == 2 and "--task must be one of" in r.output
+    finally:
+        torch.set_num_threads(n)
