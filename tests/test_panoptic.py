@@ -488,3 +488,34 @@ def test_train_eval_bench_a_panoptic_model(tmp_path):
         assert r.exit_code == 2 and "--task must be one of" in r.output
     finally:
         torch.set_num_threads(n)
+
+
+def test_supernet_and_search_optimise_pq(tmp_path):
+    from hyctas_dsl.run.config import ConfigError, SearchConfig, SupernetConfig
+    from hyctas_dsl.run.search import search
+    from hyctas_dsl.run.supernet import train_supernet
+
+    space = TINY_PANOPTIC.split("arch tiny")[0].replace("output_strides 4\n", "output_strides 4\n  task panoptic\n")
+    (tmp_path / "space.hy").write_text(space)
+    data = "digits:size=32,train=16,val=8"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_supernet(SupernetConfig(space=str(tmp_path / "space.hy"), data=data, steps=2, batch=4, out=str(tmp_path / "sn")),
+                       progress=False)
+        cfg = SearchConfig(supernet=str(tmp_path / "sn"), data=data, metric="pq", branches=[1], population=2, generations=1,
+                           bn_images=4, val_images=8, objective="params", out=str(tmp_path / "search"))
+        res = search(cfg, progress=False)
+        assert res.evaluated == 2 and res.files
+        text = res.files[0].read_text()
+        assert "task panoptic" in text and "    pq " in text and 'metric "pq"' in text
+        header = (tmp_path / "search/candidates.csv").read_text().splitlines()[0].split(",")
+        assert "pq" in header and "miou" in header
+        # PQ needs a panoptic supernet
+        (tmp_path / "semantic.hy").write_text(space.replace("  task panoptic\n", ""))
+        train_supernet(SupernetConfig(space=str(tmp_path / "semantic.hy"), data=data, steps=1, batch=4,
+                                      out=str(tmp_path / "sn2")), progress=False)
+        with pytest.raises(ConfigError, match="needs a panoptic supernet"):
+            search(cfg.model_copy(update={"supernet": str(tmp_path / "sn2"), "out": str(tmp_path / "s2")}), progress=False)
+    finally:
+        torch.set_num_threads(n)

@@ -81,10 +81,13 @@ class CandidateEvaluator:
         seed: int,
         device: torch.device,
         batch: int = 32,
+        metric: str = "miou",
+        things: tuple[int, ...] = (),
     ):
         self.supernet = supernet.to(device).eval()
         self.device = device
         self.classes = supernet.classes
+        self.metric, self.things = metric, tuple(things)  # "pq": labels are panoptic id maps
         self.timings = Timings()
         rng = np.random.default_rng([seed, 1000])
         bn_idx = sorted(rng.choice(len(train_set), size=min(bn_images, len(train_set)), replace=False).tolist())
@@ -100,7 +103,15 @@ class CandidateEvaluator:
         t_view = time.perf_counter()
         recalibrate_bn(view, self.bn_batches)
         t_bn = time.perf_counter()
-        miou = evaluate_miou(view, self.val_batches, self.classes)
+        extra = {}
+        if self.metric == "pq":
+            from hyctas_dsl.run.panoptic_eval import evaluate_pq_batches
+
+            # PQ is the accuracy objective (the search calls it `miou` throughout)
+            pq, extra["semantic_miou"] = evaluate_pq_batches(view, self.val_batches, self.classes, self.things)
+            miou = extra["pq"] = pq
+        else:
+            miou = evaluate_miou(view, self.val_batches, self.classes)
         t_eval = time.perf_counter()
         rep = arch_cost(arch, self.data_size, self.classes)
         t_cost = time.perf_counter()
@@ -114,6 +125,7 @@ class CandidateEvaluator:
             "macs": rep.total.macs,
             "params": rep.total.params,
             "branches": len(arch.branches),
+            **extra,
         }
         return out
 

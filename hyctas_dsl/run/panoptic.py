@@ -26,6 +26,7 @@ __all__ = [
     "PQResult",
     "panoptic_targets",
     "panoptic_loss",
+    "instance_loss",
     "find_centers",
     "group_pixels",
     "merge_semantic_and_instance",
@@ -121,6 +122,15 @@ def panoptic_loss(outputs: Sequence[Tensor], t: PanopticTargets, center_weight: 
     off = ((offset - t.offset).abs() * t.offset_weight).sum() / t.offset_weight.sum().clamp_min(1.0)
     loss = sem + center_weight * ctr + offset_weight * off
     return loss, {"semantic": float(sem), "center": float(ctr), "offset": float(off)}
+
+
+def instance_loss(center: Tensor, offset: Tensor, t: PanopticTargets, center_weight: float = 200.0,
+                  offset_weight: float = 0.01) -> Tensor:
+    """``center_weight`` x MSE of the heatmap (over non-void pixels) + ``offset_weight`` x L1
+    of the offsets (over thing-instance pixels): Panoptic-DeepLab's instance losses."""
+    ctr = ((center.float() - t.center) ** 2 * t.center_weight).sum() / t.center_weight.sum().clamp_min(1.0)
+    off = ((offset.float() - t.offset).abs() * t.offset_weight).sum() / t.offset_weight.sum().clamp_min(1.0)
+    return center_weight * ctr + offset_weight * off
 
 
 def as_outputs(out) -> tuple[Tensor, Tensor, Tensor]:

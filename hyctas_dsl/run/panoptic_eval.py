@@ -285,3 +285,21 @@ def bench_panoptic(model: nn.Module, size: tuple[int, int], device, things, seco
         outs = as_outputs(model(x))
     parts = [model, _PostOnly(outs, things, p), _FullInference(model, things, p)]
     return [measure_latency(m, size, device, torch.float32, warmup, seconds) for m in parts]
+
+
+@torch.no_grad()
+def evaluate_pq_batches(model: nn.Module, batches, classes: int, things) -> tuple[float, float]:
+    """(PQ, mIoU) of a panoptic ``model`` on pre-loaded (image, panoptic id map) batches: the
+    search's accuracy objective with ``--metric pq``."""
+    from hyctas_dsl.data import ConfusionMatrix
+
+    model.eval()
+    cm = ConfusionMatrix(classes)
+    pq = PanopticQuality(classes, things)
+    for x, y in batches:
+        logits, center, offset = as_outputs(model(x))
+        pred = post_process(logits.float(), center.float(), offset.float(), things, PostProcess.for_size(*x.shape[2:]))
+        cm.update(logits.argmax(1), y % INSTANCE_STRIDE)
+        pq.update(y, pred)
+    all_pq = pq.result().all["pq"]
+    return (0.0 if math.isnan(all_pq) else all_pq), float(cm.miou())

@@ -282,7 +282,7 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
     torch.manual_seed(cfg.seed)
     panoptic = arch.task == "panoptic"
     if panoptic:  # labels are panoptic id maps; the semantic label is their low byte
-        from hyctas_dsl.run.panoptic import panoptic_targets
+        from hyctas_dsl.run.panoptic import instance_loss, panoptic_targets
         from hyctas_dsl.run.panoptic_eval import make_panoptic_datasets
 
         train_set, val_set = make_panoptic_datasets(cfg.data, seed=cfg.seed, crop=cfg.crop)
@@ -340,9 +340,7 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
             t = panoptic_targets(y, train_set.source.things, cfg.center_sigma)
             _logits, center, offset = logits
             logits, y = _logits, t.semantic
-            ctr = ((center.float() - t.center) ** 2 * t.center_weight).sum() / t.center_weight.sum().clamp_min(1.0)
-            off = ((offset.float() - t.offset).abs() * t.offset_weight).sum() / t.offset_weight.sum().clamp_min(1.0)
-            inst_loss = cfg.center_weight * ctr + cfg.offset_weight * off
+            inst_loss = instance_loss(center, offset, t, cfg.center_weight, cfg.offset_weight)
         logits = logits.float()
         if cfg.ohem:
             main_sum, main_n = ohem_loss(logits, y, cfg.ohem_thresh, cfg.ohem_min_kept)
