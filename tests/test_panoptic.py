@@ -437,7 +437,8 @@ arch tiny {
   layers 2
   head (8, 16) output_stride 4
   branch hi {
-    1..2 conv w12
+    1 conv w12
+    2 conv w12
   }
   branch lo {
     1 conv w12
@@ -531,3 +532,31 @@ def test_supernet_and_search_optimise_pq(tmp_path):
             search(cfg.model_copy(update={"supernet": str(tmp_path / "sn2"), "out": str(tmp_path / "s2")}), progress=False)
     finally:
         torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------ language
+
+
+def test_task_round_trips_and_is_canonical():
+    import hyctas_dsl as hy
+    from hyctas_dsl.api import canonical_key
+    from hyctas_dsl.validate import check_module
+
+    text = TINY_PANOPTIC.replace("output_strides 4\n", "output_strides 4\n  task panoptic\n").replace(
+        "output_stride 4\n", "output_stride 4\n  task panoptic\n")
+    module = hy.loads(text)
+    space, arch = module.spaces[0], module.archs[0]
+    assert space.task == arch.task == "panoptic"
+    assert hy.dumps(module) == text  # canonical as written: `task` right after the head / output strides
+    assert canonical_key(arch).endswith("| panoptic")
+    # `task semantic` is the default: accepted, not written back
+    sem = hy.loads(TINY_PANOPTIC.replace("output_stride 4\n", "output_stride 4\n  task semantic\n"))
+    assert sem.archs[0].task == "semantic" and hy.dumps(sem) == TINY_PANOPTIC
+    # an unknown task in a space is HY301 (in an arch HY215, tests/test_language_rules.py)
+    bad = hy.parse(TINY_PANOPTIC.replace("output_strides 4\n", "output_strides 4\n  task instance\n"))
+    assert [d.code for d in check_module(bad)] == ["HY301"]
+    # the search's genome keeps the space's task
+    from hyctas_dsl.genome import sample_arch
+    import numpy as np
+
+    assert sample_arch(space, np.random.default_rng(0)).task == "panoptic"
