@@ -212,27 +212,25 @@ def merge_semantic_and_instance(sem: Tensor, ins: Tensor, things: Sequence[int],
     takes the majority semantic class of its thing pixels (and is dropped below
     ``thing_area`` pixels); each stuff class's remaining pixels form one segment when they
     cover at least ``stuff_area`` pixels; everything else is void."""
-    h, w = sem.shape
     dev = sem.device
-    is_thing = _thing_lut(things, dev)[sem] & (ins > 0)
-    pan = torch.full((h, w), VOID, dtype=torch.long, device=dev)
-    if is_thing.any():
-        i, s = ins[is_thing], sem[is_thing]
-        k = int(i.max()) + 1
-        votes = torch.bincount(i * num_classes + s, minlength=k * num_classes).view(k, num_classes)
-        majority = votes.argmax(1)
-        area = votes.sum(1)
-        keep = area >= max(thing_area, 1)
-        pan[is_thing] = torch.where(keep[i], majority[i] + INSTANCE_STRIDE * i, torch.full_like(i, VOID))
-    stuff_lut = ~_thing_lut(things, dev)
-    stuff_lut[VOID] = False
-    stuff = stuff_lut[sem] & ~is_thing
-    area = torch.bincount(sem[stuff], minlength=num_classes)
-    big = torch.zeros(256, dtype=torch.bool, device=dev)
-    big[: area.numel()] = area >= stuff_area
-    ok = stuff & big[sem]
-    pan[ok] = sem[ok]
-    return pan
+    c = int(num_classes)
+    thing_lut = _thing_lut(things, dev)
+    is_thing = thing_lut[sem] & (ins > 0)
+    # One histogram over (instance, class) with instance 0 collecting the non-thing pixels and
+    # an extra column for void: majority votes, instance areas and stuff areas at once, and
+    # full-map gathers instead of boolean indexing (faster on large maps).
+    col = torch.where(sem == VOID, torch.full_like(sem, c), sem)
+    row = torch.where(is_thing, ins, torch.zeros_like(ins))
+    k = int(row.max()) + 1
+    hist = torch.bincount((row * (c + 1) + col).flatten(), minlength=k * (c + 1)).view(k, c + 1)
+    votes = hist[:, :c]
+    majority = votes.argmax(1)
+    keep = votes.sum(1) >= max(thing_area, 1)
+    stuff_ok = torch.zeros(c + 1, dtype=torch.bool, device=dev)
+    stuff_ok[:c] = ~thing_lut[:c] & (hist[0, :c] >= stuff_area)
+    void = torch.full_like(sem, VOID)
+    thing_pan = torch.where(keep[row], majority[row] + INSTANCE_STRIDE * row, void)
+    return torch.where(is_thing, thing_pan, torch.where(stuff_ok[col], sem, void))
 
 
 def post_process(logits: Tensor, center: Tensor, offset: Tensor, things: Sequence[int],
