@@ -113,6 +113,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the fresh initialisation when no supernet is given."),
         cells: bool = typer.Option(True, "--cells/--no-cells", help="Show the per-cell rows."),
         as_json: bool = typer.Option(False, "--json", help="Print the cost report and what was written as JSON."),
+        task: Optional[str] = typer.Option(None, "--task", help="semantic | panoptic [default: the arch's `task`]."),
     ) -> None:
         """Lower an architecture to a PyTorch module and print its cost report: params,
         multiply-accumulates (every conv and both attention matmuls) and training activation
@@ -140,6 +141,9 @@ def register(app: typer.Typer) -> None:
         sp = load_space(space)
         text, module = load_checked(file, sp)
         arch = pick(module, file, arch_name, want_arch=True)
+        from hyctas_dsl.commands.train import with_task
+
+        arch = with_task(arch, task)
 
         import torch
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.commands.train import load_arch
+from hyctas_dsl.commands.train import TASK_HELP, load_arch, with_task
 from hyctas_dsl.commands.train_supernet import run_cli_job
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors", "python": ".py"}
@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         arch_name: Optional[str] = typer.Option(None, "--arch", help="Which arch of the file (default: the only one)."),
         space: Optional[str] = typer.Option(None, "--space", help="Validate against this space file."),
         input_size: str = typer.Option("512x1024", "--input", help="Input HEIGHTxWIDTH of the check (and of the ONNX graph)."),
+        task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
     ) -> None:
         """Write trained weights as a deployable artifact: ONNX, TorchScript, standalone
         safetensors (arch text as metadata) or a self-contained model.py (torch only) with
@@ -67,6 +68,7 @@ def register(app: typer.Typer) -> None:
         except ValueError as e:
             raise fail_usage(str(e)) from None
         arch, _ = load_arch(file, arch_name, space)
+        arch = with_task(arch, task)
         path = Path(output) if output else Path(arch.name + FORMATS[fmt])
         if path.suffix.lower() != FORMATS[fmt]:
             raise fail_usage(f"--output {path}: a {fmt} export must end in {FORMATS[fmt]}")

@@ -358,7 +358,8 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
         # Sums over the global pixel counts; DDP averages gradients over ranks, hence * world.
         main = main_sum / counts[0].clamp_min(1.0)
         aux_loss = aux_sum / counts[1].clamp_min(1.0)
-        loss = (main + cfg.aux_weight * aux_loss + inst_loss) * info.world
+        # inst_loss is a per-rank mean: DDP's gradient average makes it the global mean
+        loss = (main + cfg.aux_weight * aux_loss) * info.world + inst_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         parts = torch.stack([main.detach(), aux_loss.detach(), inst_loss.detach() / info.world])
