@@ -560,3 +560,26 @@ def test_task_round_trips_and_is_canonical():
     import numpy as np
 
     assert sample_arch(space, np.random.default_rng(0)).task == "panoptic"
+
+
+def test_cityscapes_panoptic_json_of_cityscapes_scripts(tmp_path):
+    name = "frankfurt_000000_000294"
+    (tmp_path / "leftImg8bit/val/frankfurt").mkdir(parents=True)
+    (tmp_path / "gtFine/cityscapes_panoptic_val").mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / f"leftImg8bit/val/frankfurt/{name}_leftImg8bit.png")
+    ids = np.zeros((4, 6), np.int64)
+    ids[:, :3] = 7  # road (label id 7), stuff
+    ids[:, 3:] = 26003  # a car instance
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / f"gtFine/cityscapes_panoptic_val/{name}_gtFine_panoptic.png")
+    data = {"images": [{"id": name, "file_name": f"{name}_leftImg8bit.png"}],
+            "annotations": [{"image_id": name, "file_name": f"{name}_gtFine_panoptic.png",
+                             "segments_info": [{"id": 7, "category_id": 7, "iscrowd": 0},
+                                               {"id": 26003, "category_id": 26, "iscrowd": 0}]}],
+            "categories": [{"id": 7, "name": "road", "isthing": 0}, {"id": 26, "name": "car", "isthing": 1}]}
+    (tmp_path / "gtFine/cityscapes_panoptic_val.json").write_text(json.dumps(data))
+    src = open_panoptic_dataset(f"cityscapes:{tmp_path}", "val")
+    assert src.info.classes[13] == "car" and len(src.info.classes) == 19
+    sem, inst = decode_pan(src.load_panoptic(0)[1])
+    assert (sem[:, :3] == 0).all() and (inst[:, :3] == 0).all()
+    assert (sem[:, 3:] == 13).all() and (inst[:, 3:] == 1).all()

@@ -20,7 +20,11 @@ Layouts (``{split}`` is the split name on disk):
   ``categories`` with ``isthing``), the PNGs in ``root/annotations/panoptic_{split}2017/``
   whose RGB encodes the segment id ``R + 256 G + 256^2 B`` (0 = void), images in
   ``root/{split}2017/``. Train ids are the categories in increasing id order.
-- Cityscapes panoptic from ``gtFine``: ``root/leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png``
+- Cityscapes panoptic as cityscapesScripts' ``createPanopticImgs`` writes it (read when
+  ``root/gtFine/cityscapes_panoptic_{split}.json`` exists): COCO's format with Cityscapes label
+  ids as category ids, PNGs in ``root/gtFine/cityscapes_panoptic_{split}/``, images in
+  ``root/leftImg8bit/{split}/{city}/``.
+- Cityscapes panoptic from ``gtFine`` otherwise: ``root/leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png``
   with ``root/gtFine/{split}/{city}/{stem}_gtFine_instanceIds.png``; ``id // 1000`` is the
   label id of ids >= 1000 (thing instances), ids below 1000 are label ids (a thing label
   there is a crowd region); label ids map to the 19 train ids, things are person, rider,
@@ -57,6 +61,7 @@ __all__ = [
     "decode_pan",
     "encode_pan",
     "open_cityscapes_panoptic",
+    "open_cityscapes_panoptic_json",
     "open_coco_panoptic",
     "open_digits_panoptic",
     "open_panoptic_dataset",
@@ -240,15 +245,9 @@ class _CocoPanoptic(PanopticSource):
         return image, np.asarray(values, np.int64)[order][pos].astype(np.int32)
 
 
-def open_coco_panoptic(root: str | Path, split: str) -> PanopticSource:
-    """COCO panoptic (``split`` train or val, read as ``panoptic_{split}2017``)."""
-    root = Path(root)
-    _require_dir(root, "COCO root")
-    json_path = root / "annotations" / f"panoptic_{split}2017.json"
-    png_dir = root / "annotations" / f"panoptic_{split}2017"
-    img_dir = root / f"{split}2017"
+def _read_json(json_path: Path, what: str) -> dict:
     if not json_path.is_file():
-        raise DataError("COCO panoptic annotation file not found", json_path)
+        raise DataError(f"{what} panoptic annotation file not found", json_path)
     try:
         data = json.loads(json_path.read_text())
     except (OSError, ValueError) as e:
@@ -258,32 +257,29 @@ def open_coco_panoptic(root: str | Path, split: str) -> PanopticSource:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise _json_error(json_path, f"no `{key}` list")
+    return data
+
+
+def _panoptic_items(data: dict, json_path: Path, png_dir: Path, image_path, cat_to_train: dict[int, int]) -> list:
+    """(image, PNG, segments_info) per annotation, every reference checked."""
     try:
-        cats = sorted(data["categories"], key=lambda c: int(c["id"]))
-        cat_to_train = {int(c["id"]): i for i, c in enumerate(cats)}
-        classes = tuple(str(c["name"]) for c in cats)
-        things = tuple(i for i, c in enumerate(cats) if int(c["isthing"]))
-        images = {int(im["id"]): str(im["file_name"]) for im in data["images"]}
+        images = {str(im["id"]): str(im["file_name"]) for im in data["images"]}
     except (KeyError, TypeError, ValueError) as e:
-        raise _json_error(json_path, f"a category or image lacks {e}") from None
-    if not 0 < len(classes) < VOID:
-        raise DataError(f"{len(classes)} categories; between 1 and {VOID - 1} are supported", json_path)
-    if len(set(classes)) != len(classes):
-        raise DataError("duplicate category names", json_path)
+        raise _json_error(json_path, f"an image lacks {e}") from None
     items = []
     for k, ann in enumerate(data["annotations"]):
         try:
-            image_id, png_name, segments = int(ann["image_id"]), str(ann["file_name"]), list(ann["segments_info"])
-            for s in segments:
-                int(s["id"])
-                if int(s["category_id"]) not in cat_to_train:
-                    raise DataError(f"annotation {k} ({png_name}): category {int(s['category_id'])} is not in `categories`",
+            image_id, png_name, segments = str(ann["image_id"]), str(ann["file_name"]), list(ann["segments_info"])
+            for seg in segments:
+                int(seg["id"])
+                if int(seg["category_id"]) not in cat_to_train:
+                    raise DataError(f"annotation {k} ({png_name}): category {int(seg['category_id'])} is not in `categories`",
                                     json_path)
         except (KeyError, TypeError, ValueError) as e:
             raise _json_error(json_path, f"annotation {k} lacks {e}") from None
         if image_id not in images:
             raise DataError(f"annotation {k} ({png_name}): image id {image_id} is not in `images`", json_path)
-        img, png = img_dir / images[image_id], png_dir / png_name
+        img, png = image_path(images[image_id]), png_dir / png_name
         if not img.is_file():
             raise DataError(f"image of annotation {png_name} not found", img)
         if not png.is_file():
@@ -291,8 +287,47 @@ def open_coco_panoptic(root: str | Path, split: str) -> PanopticSource:
         items.append((img, png, segments))
     if not items:
         raise DataError("no annotations", json_path)
+    return items
+
+
+def open_coco_panoptic(root: str | Path, split: str) -> PanopticSource:
+    """COCO panoptic (``split`` train or val, read as ``panoptic_{split}2017``)."""
+    root = Path(root)
+    _require_dir(root, "COCO root")
+    json_path = root / "annotations" / f"panoptic_{split}2017.json"
+    data = _read_json(json_path, "COCO")
+    try:
+        cats = sorted(data["categories"], key=lambda c: int(c["id"]))
+        cat_to_train = {int(c["id"]): i for i, c in enumerate(cats)}
+        classes = tuple(str(c["name"]) for c in cats)
+        things = tuple(i for i, c in enumerate(cats) if int(c["isthing"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise _json_error(json_path, f"a category lacks {e}") from None
+    if not 0 < len(classes) < VOID:
+        raise DataError(f"{len(classes)} categories; between 1 and {VOID - 1} are supported", json_path)
+    if len(set(classes)) != len(classes):
+        raise DataError("duplicate category names", json_path)
+    img_dir = root / f"{split}2017"
+    items = _panoptic_items(data, json_path, root / "annotations" / f"panoptic_{split}2017", lambda name: img_dir / name,
+                            cat_to_train)
     info = DatasetInfo("coco_panoptic", classes, make_palette(len(classes)), crop=(640, 640), scale_range=(0.5, 1.5))
     return _CocoPanoptic(items, cat_to_train, info, split, things, json_path)
+
+
+def open_cityscapes_panoptic_json(root: str | Path, split: str) -> PanopticSource:
+    """Cityscapes panoptic as cityscapesScripts' ``createPanopticImgs`` writes it:
+    ``gtFine/cityscapes_panoptic_{split}.json`` (COCO's format; category ids are Cityscapes
+    label ids) with the PNGs in ``gtFine/cityscapes_panoptic_{split}/`` and the images in
+    ``leftImg8bit/{split}/{city}/``."""
+    root = Path(root)
+    _require_dir(root, "Cityscapes root")
+    json_path = root / "gtFine" / f"cityscapes_panoptic_{split}.json"
+    data = _read_json(json_path, "Cityscapes")
+    img_dir = root / "leftImg8bit" / split
+    items = _panoptic_items(data, json_path, root / "gtFine" / f"cityscapes_panoptic_{split}",
+                            lambda name: img_dir / name.split("_", 1)[0] / name, CITYSCAPES_ID_TO_TRAINID)
+    info = DatasetInfo("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, crop=(512, 1024), scale_range=(0.5, 2.0))
+    return _CocoPanoptic(items, dict(CITYSCAPES_ID_TO_TRAINID), info, split, CITYSCAPES_THINGS, json_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +354,12 @@ def open_panoptic_dataset(spec: str, split: str, **kw) -> PanopticSource:
     path = Path(rest.strip()).expanduser()
     if not path.exists():
         raise DataError(f"{kind} data not found", path)
-    return (open_cityscapes_panoptic if kind == "cityscapes" else open_coco_panoptic)(path, split)
+    if kind == "coco":
+        return open_coco_panoptic(path, split)
+    # cityscapesScripts' panoptic JSON when it was created, else the gtFine instance ids
+    if (path / "gtFine" / f"cityscapes_panoptic_{split}.json").is_file():
+        return open_cityscapes_panoptic_json(path, split)
+    return open_cityscapes_panoptic(path, split)
 
 
 def panoptic_train_transform(transform):
