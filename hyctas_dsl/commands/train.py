@@ -17,6 +17,7 @@ outputs (--aux) and online hard-pixel mining (--ohem).
   hyctas train archs/hyctas_s.hy --steps 300 --out runs/s     # embedded digits, minutes
   hyctas train my.hy --data cityscapes:/data/cs --steps 186000 --batch 32 --crop 512x1024
   hyctas train my.hy --out runs/s --resume                     # continue exactly
+  hyctas train my.hy --task panoptic --data cityscapes:/data/cs # + centre/offset heads, PQ
   torchrun --nproc-per-node 2 -m hyctas_dsl.cli train my.hy ...
 
 The run directory gets model.safetensors (for eval/export/bench), checkpoint.safetensors (for
