@@ -363,7 +363,7 @@ def test_panoptic_view_equals_standalone_export_and_torchscript(panoptic_parts):
     view.train()
     sum(t.sum() for t in view(torch.randn(2, 3, 32, 32))).backward()
     key = "h" + "_".join(map(str, arch.head.strides))
-    assert sn.heads[key].center[1].weight.grad is not None
+    assert sn.module_for("head", key).center[1].weight.grad is not None
 
 
 def test_panoptic_exports_onnx_model_py_safetensors(tmp_path):
