@@ -489,6 +489,14 @@ def test_train_eval_bench_a_panoptic_model(tmp_path):
         assert "things" in r.output and "stuff" in r.output and "mIoU" in r.output
         saved = json.loads((tmp_path / "ev/eval.json").read_text())
         assert len(saved["per_class"]) == 11 and saved["images"] == 8
+        # post-processing options: a stuff area beyond the image leaves no stuff segment
+        r = CliRunner().invoke(app, ["eval", str(arch), "--task", "panoptic", "--weights", str(tmp_path / "run"),
+                                     "--data", data, "--stuff-area", "5000", "--center-threshold", "0.2", "--out",
+                                     str(tmp_path / "ev2"), "--samples", "0", "-q"])
+        assert r.exit_code == 0, r.output
+        saved2 = json.loads((tmp_path / "ev2/eval.json").read_text())
+        assert saved2["post_process"]["stuff_area"] == 5000 and saved2["post_process"]["threshold"] == 0.2
+        assert saved2["per_class"][0]["tp"] == 0
         assert (tmp_path / "ev/predictions.png").stat().st_size > 0
         # without --task the semantic arch does not match the panoptic weights: one line, exit 2
         r = CliRunner().invoke(app, ["eval", str(arch), "--weights", str(tmp_path / "run"), "--data", data, "-q"])

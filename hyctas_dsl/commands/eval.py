@@ -69,6 +69,9 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
         task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
+        center_threshold: float = typer.Option(0.1, "--center-threshold", help="Panoptic: centre heatmap threshold."),
+        top_k: int = typer.Option(200, "--top-k", help="Panoptic: at most this many centres per image."),
+        stuff_area: Optional[int] = typer.Option(None, "--stuff-area", help="Panoptic: smallest stuff segment in pixels [default: 2048 at 1024x2048, scaled with the image area]."),
     ) -> None:
         """Evaluate trained weights on a data set's validation split: IoU per class and mIoU,
         single-scale without flipping by default (as the paper reports), --flip and --scales
@@ -90,9 +93,14 @@ def register(app: typer.Typer) -> None:
             if scale_list != (1.0,) or flip:
                 typer.echo("hyctas: error: panoptic evaluation is single-scale without flip (no --scales, --flip)", err=True)
                 raise typer.Exit(2)
+            if not 0 <= center_threshold < 1 or top_k < 1 or (stuff_area is not None and stuff_area < 0):
+                typer.echo("hyctas: error: --center-threshold must lie in [0, 1), --top-k be positive, --stuff-area not negative",
+                           err=True)
+                raise typer.Exit(2)
             from hyctas_dsl.run.panoptic_eval import eval_command
 
-            run_cli_job(lambda: eval_command(arch, weights, data, images, out, samples, device, quiet, load_weights))
+            post = {"threshold": center_threshold, "top_k": top_k, **({"stuff_area": stuff_area} if stuff_area is not None else {})}
+            run_cli_job(lambda: eval_command(arch, weights, data, images, out, samples, device, quiet, load_weights, post))
             return
 
         def job():

@@ -82,8 +82,9 @@ class PanopticEval:
 @torch.inference_mode()
 def evaluate_panoptic(model: nn.Module, dataset, things: Sequence[int], indices: Optional[list[int]] = None,
                       device="cpu", batch: int = 16, params: PostProcess | None = None, samples: int = 0,
-                      progress: bool = False) -> PanopticEval:
-    """PQ and mIoU of a panoptic ``model`` on ``dataset`` (labels: panoptic id maps)."""
+                      progress: bool = False, post: Optional[dict] = None) -> PanopticEval:
+    """PQ and mIoU of a panoptic ``model`` on ``dataset`` (labels: panoptic id maps).
+    ``params``: the post-processing; else ``PostProcess.for_size(h, w, **post)`` per batch."""
     import time
 
     from hyctas_dsl.data import ConfusionMatrix
@@ -107,7 +108,7 @@ def evaluate_panoptic(model: nn.Module, dataset, things: Sequence[int], indices:
     for group in _groups(dataset, indices, batch):
         x = torch.stack([g[0] for g in group]).to(device)
         gt = torch.stack([g[1] for g in group]).to(device)
-        p = params or PostProcess.for_size(x.shape[2], x.shape[3])
+        p = params or PostProcess.for_size(x.shape[2], x.shape[3], **(post or {}))
         used = used or p
         t0 = time.perf_counter()
         logits, center, offset = as_outputs(model(x))
@@ -222,7 +223,7 @@ def final_eval_panoptic(cfg, net: nn.Module, val_set, info, out: Path, step: int
 
 
 def eval_command(arch, weights: str, data: str, images: Optional[int], out: Optional[str], samples: int,
-                 device: str, quiet: bool, load_weights) -> None:
+                 device: str, quiet: bool, load_weights, post: Optional[dict] = None) -> None:
     """``hyctas eval`` of a panoptic arch: the PQ table, and with ``out`` eval.json and the grid."""
     import typer
 
@@ -234,7 +235,7 @@ def eval_command(arch, weights: str, data: str, images: Optional[int], out: Opti
     model = model.to(info.device)
     n = len(val) if images is None else min(images, len(val))
     res = evaluate_panoptic(model, val, val.source.things, list(range(n)), info.device, samples=samples if out else 0,
-                            progress=not quiet)
+                            progress=not quiet, post=post)
     typer.echo(format_pq_table(res))
     if out:
         paths = save_panoptic_eval(res, val.info, out, f"{arch.name}: PQ {100 * res.pq.all['pq']:.1f}%")
