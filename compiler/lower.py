@@ -148,13 +148,20 @@ def lower(arch: Arch, classes: int = 19) -> Plan:
     strides = tuple(s for s, _u in feeds)
     c_ins = [g.nodes[u]["c_out"] for _s, u in feeds]
     os4 = hd["output_stride"] == 4
+    panoptic = arch.task == "panoptic"
     nodes.append(
-        NodePlan("head", HEAD, "head", "Head", [c_ins, head_channels(F), _Name("classes")],
+        NodePlan("head", HEAD, "head", "PanopticHead" if panoptic else "Head", [c_ins, head_channels(F), _Name("classes")],
                  {"up8": strides[0] > 8, "c4": 4 * F if os4 else 0}, head_key(strides, hd["output_stride"]),
-                 f"head ({', '.join(map(str, strides))}), output stride {hd['output_stride']}")
+                 f"head ({', '.join(map(str, strides))}), output stride {hd['output_stride']}"
+                 + (", with the centre heatmap and offset branches" if panoptic else ""))
     )
-    fwd.append(f"logits = self.head([{', '.join(names[u] for _s, u in feeds)}], stem4)")
-    fwd.append("return logits[:, :, :h, :w]")
+    feats = ", ".join(names[u] for _s, u in feeds)
+    if panoptic:
+        fwd.append(f"logits, center, offset = self.head([{feats}], stem4)")
+        fwd.append("return logits[:, :, :h, :w], center[:, :, :h, :w], offset[:, :, :h, :w]")
+    else:
+        fwd.append(f"logits = self.head([{feats}], stem4)")
+        fwd.append("return logits[:, :, :h, :w]")
     return Plan(arch, classes, g, nodes, fwd)
 
 
@@ -168,7 +175,9 @@ def python_source(plan: Plan, ops_src: str, header: str = "") -> str:
         "",
         "    import model                   # this file",
         "    net = model.load()             # weights from the .safetensors file beside it",
-        "    logits = net(images)           # [N, 3, H, W] -> [N, classes, H, W]",
+        *(["    logits, center, offset = net(images)  # [N, 3, H, W] -> [N, classes | 1 | 2, H, W]"]
+          if arch.task == "panoptic" else
+          ["    logits = net(images)           # [N, 3, H, W] -> [N, classes, H, W]"]),
         '"""',
         "",
     ]
@@ -185,7 +194,8 @@ def python_source(plan: Plan, ops_src: str, header: str = "") -> str:
     for n in plan.nodes:
         lines.append(f"        # {n.comment}" if n.comment else "")
         lines.append(f"        self.{n.attr} = {n.ctor()}")
-    lines += ["", "    def forward(self, x: Tensor) -> Tensor:"]
+    ret = "Tuple[Tensor, Tensor, Tensor]" if arch.task == "panoptic" else "Tensor"
+    lines += ["", f"    def forward(self, x: Tensor) -> {ret}:"]
     lines += ["        " + ln for ln in plan.forward]
     lines += [
         "",

@@ -203,6 +203,12 @@ class Head(nn.Module):
         self.out = nn.Conv2d(c_s, classes, 1)
 
     def forward(self, feats: List[Tensor], x4: Tensor) -> Tensor:
+        y = self.features(feats, x4)
+        y = self.out(self.cls(y))
+        return resize(y, x4.shape[2] * 4, x4.shape[3] * 4)
+
+    def features(self, feats: List[Tensor], x4: Tensor) -> Tensor:
+        """The aggregated C_s feature at the output stride, before the classifier."""
         ys: List[Tensor] = []
         for i, proj in enumerate(self.proj):
             ys.append(proj(feats[i]))
@@ -217,8 +223,29 @@ class Head(nn.Module):
         if self.proj4 is not None and self.fuse4 is not None:
             t = self.proj4(x4)
             y = self.fuse4(torch.cat([resize(y, t.shape[2], t.shape[3]), t], 1))
-        y = self.out(self.cls(y))
-        return resize(y, x4.shape[2] * 4, x4.shape[3] * 4)
+        return y
+
+
+class PanopticHead(Head):
+    """The head theta plus Panoptic-DeepLab's two light instance branches on its feature:
+    centre heatmap (3x3 conv C_s -> c_inst + BN + ReLU, 1x1 conv -> 1, bias) and centre
+    offset (the same, -> 2 channels (dy, dx)), at the output stride, bilinear to the padded
+    input; the offsets, predicted in output-stride pixels, are multiplied by the output
+    stride so that they are in input pixels. Returns (logits, center, offset)."""
+
+    def __init__(self, c_ins: List[int], c_s: int, classes: int, up8: bool, c4: int = 0, c_inst: int = 32):
+        super().__init__(c_ins, c_s, classes, up8, c4)
+        self.center = nn.Sequential(ConvBN(c_s, c_inst, 3, relu=True), nn.Conv2d(c_inst, 1, 1))
+        self.offset = nn.Sequential(ConvBN(c_s, c_inst, 3, relu=True), nn.Conv2d(c_inst, 2, 1))
+        self.scale = 4.0 if c4 > 0 else 8.0
+
+    def forward(self, feats: List[Tensor], x4: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        y = self.features(feats, x4)
+        h, w = x4.shape[2] * 4, x4.shape[3] * 4
+        logits = resize(self.out(self.cls(y)), h, w)
+        center = resize(self.center(y), h, w)
+        offset = resize(self.offset(y), h, w) * self.scale
+        return logits, center, offset
 
 
 def set_drop_path(model: nn.Module, p: float) -> int:
@@ -253,6 +280,7 @@ __all__ = [
     "Stem",
     "Fusion",
     "Head",
+    "PanopticHead",
     "set_drop_path",
     "CELL_OPS",
     "ops_source",

@@ -40,7 +40,7 @@ def slice_groups(cls: str, local: str) -> tuple[int, int] | None:
     (input = [upsampled C_s, projected C_s]). Each group is sliced to its prefix."""
     if cls == "Attn" and local == "qkv.weight":
         return (0, 3)
-    if cls == "Head" and (local.startswith("fuse.") or local.startswith("fuse4.")) and local.endswith("conv.weight"):
+    if cls in ("Head", "PanopticHead") and (local.startswith("fuse.") or local.startswith("fuse4.")) and local.endswith("conv.weight"):
         return (1, 2)
     return None
 
@@ -93,18 +93,25 @@ def check_structure(arch: Arch) -> None:
         raise HyctasError(diags)
 
 
-_CLASSIFIER = ("proj4", "fuse4", "cls", "out")
+# after theta's own aggregation; a panoptic head's centre and offset branches are shared too
+_CLASSIFIER = ("proj4", "fuse4", "cls", "out", "center", "offset")
 
 
-def _head_view(own: O.Head, shared: nn.ModuleDict) -> O.Head:
-    """A theta's head as one module (what subnet views and exports slice): its own
-    aggregation (``proj``, ``fuse``) and the supernet's shared stride-4 merge and classifier.
-    Not registered in the supernet, so every tensor has one name in its state_dict."""
-    head = O.Head.__new__(O.Head)
+def _head_view(own: O.Head, shared: nn.ModuleDict, output_stride: int) -> O.Head:
+    """A theta's head at one output stride as one module (what subnet views and exports
+    slice): its own aggregation (``proj``, ``fuse``) and the supernet's classifier of that
+    output stride. Not registered in the supernet, so every tensor has one name in its
+    state_dict."""
+    cls = type(own)
+    head = cls.__new__(cls)
     nn.Module.__init__(head)
     head.proj, head.fuse, head.up8 = own.proj, own.fuse, own.up8
     for k in _CLASSIFIER:
+        if k in ("center", "offset") and not isinstance(own, O.PanopticHead):
+            continue
         setattr(head, k, shared[k] if k in shared else None)
+    if isinstance(own, O.PanopticHead):
+        head.scale = float(output_stride)  # offsets predicted in output-stride pixels
     return head
 
 
@@ -160,8 +167,9 @@ class Supernet(nn.Module):
                         self.fusions[fusion_key(layer, s_in, s_out)] = O.Fusion(
                             channels(s_in, F, 12), channels(s_out, F, 12), s_in != s_out
                         )
+        head_cls = O.PanopticHead if space.task == "panoptic" else O.Head
         for theta in space.heads:
-            self.heads[head_key(tuple(theta))] = O.Head(
+            self.heads[head_key(tuple(theta))] = head_cls(
                 [channels(s, F, 12) for s in theta], 8 * F, self.classes, theta[0] > 8, 4 * F if 4 in space.output_strides else 0
             )
         # What every theta's head does after its own aggregation (the stride-4 merge and the
@@ -177,14 +185,14 @@ class Supernet(nn.Module):
             self.classifier = nn.ModuleDict()
             c4 = 4 * F if 4 in space.output_strides else 0
             for os in space.output_strides:
-                donor = O.Head([8 * F], 8 * F, self.classes, False, c4 if os == 4 else 0)
-                self.classifier[f"os{os}"] = nn.ModuleDict({k: getattr(donor, k) for k in _CLASSIFIER if getattr(donor, k) is not None})
+                donor = head_cls([8 * F], 8 * F, self.classes, False, c4 if os == 4 else 0)
+                self.classifier[f"os{os}"] = nn.ModuleDict({k: getattr(donor, k) for k in _CLASSIFIER if getattr(donor, k, None) is not None})
             for key, head in self.heads.items():
                 for k in _CLASSIFIER:
                     if k in head._modules:
                         del head._modules[k]
                 for os in space.output_strides:
-                    self._head_views[f"{key}@{os}"] = _head_view(head, self.classifier[f"os{os}"])
+                    self._head_views[f"{key}@{os}"] = _head_view(head, self.classifier[f"os{os}"], os)
 
     # -- views -------------------------------------------------------------------------
     def module_for(self, kind: str, key: str) -> nn.Module:
@@ -227,16 +235,18 @@ class Supernet(nn.Module):
                     fused[s_out] = fused[s_out] + self.fusions[fusion_key(layer, s_in, s_out)](new[s_in], new[s_out])
                 new = fused
             streams = new
-        out = None
+        outs: list[Tensor] = []
         for theta in space.heads:
             if all(s in streams for s in theta):
                 # every head module once: per output stride when shared, per theta otherwise
                 for os in space.output_strides if self.shared_classifier else (None,):
                     key = head_key(tuple(theta), os) if os else head_key(tuple(theta))
                     y = self.module_for("head", key)([streams[s] for s in theta], x4)
-                    out = y if out is None else out + y
-        assert out is not None
-        return out[:, :, :h, :w]
+                    ys = list(y) if isinstance(y, tuple) else [y]  # panoptic: (logits, center, offset)
+                    outs = ys if not outs else [a + b for a, b in zip(outs, ys)]
+        assert outs
+        cropped = [t[:, :, :h, :w] for t in outs]
+        return tuple(cropped) if len(cropped) > 1 else cropped[0]
 
     def extra_repr(self) -> str:
         return f"space={self.space.name}, filters={self.filters}, layers={self.space.layers}, classes={self.classes}"
@@ -288,6 +298,10 @@ def check_fit(arch: Arch, supernet: Supernet, classes: int | None = None) -> lis
     if tuple(arch.head.strides) not in {tuple(h) for h in space.heads}:
         out.append(Diagnostic("HY405", f"head ({_fmt(arch.head.strides)}) is not one of the supernet's heads",
                               arch.head.where("strides"), "heads: " + " ".join("(" + _fmt(h) + ")" for h in space.heads)))
+    if arch.task == "panoptic" and space.task != "panoptic":
+        out.append(Diagnostic("HY410", "a panoptic arch needs a supernet with the panoptic branches, "
+                              f"but space `{space.name}` is semantic", arch.where("task"),
+                              "add `task panoptic` to the space and train its supernet"))
     if arch.head.output_stride not in space.output_strides:
         out.append(Diagnostic("HY405", f"output stride {arch.head.output_stride} is not offered by the supernet ({_fmt(space.output_strides)})",
                               arch.head.where("output_stride") or arch.head.span))

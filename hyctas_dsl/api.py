@@ -134,4 +134,6 @@ def canonical_key(arch: Arch) -> str:
     fusions = sorted(f"{index.get(f.src, f.src)}>{index.get(f.dst, f.dst)}@{f.after}" for f in arch.fusions)
     if fusions:
         parts.append("fuse " + " ".join(fusions))
+    if arch.task != "semantic":
+        parts.append(arch.task)
     return " | ".join(parts)

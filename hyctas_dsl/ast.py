@@ -173,6 +173,9 @@ class Arch(Node):
     branches: tuple[Branch, ...]
     fusions: tuple[Fusion, ...] = ()
     head: Head
+    # ``semantic`` or ``panoptic``: a panoptic arch adds Panoptic-DeepLab's centre heatmap
+    # and offset branches on top of the head (paper section 4.3, Tables 4 and 6).
+    task: str = "semantic"
     meta: tuple[MetaEntry, ...] = Field(default=(), exclude=False)
 
     def branch(self, name: str) -> Branch | None:
@@ -198,6 +201,8 @@ class Space(Node):
     heads: tuple[tuple[int, ...], ...]
     output_strides: tuple[int, ...]
     memory: MemoryLimit | None = None
+    # a panoptic space's supernet carries the panoptic branches on every head
+    task: str = "semantic"
 
     @property
     def max_branches(self) -> int:

@@ -36,6 +36,10 @@ Op definitions (input C_in x H x W; output C_out, H/2 x W/2 when the cell downsa
          -> 1x1 conv 4F -> C_s -> BN -> ReLU, concat, 3x3 conv 2C_s -> C_s -> BN -> ReLU;
          classifier 3x3 conv C_s -> C_s -> BN -> ReLU, 1x1 conv C_s -> classes (bias);
          bilinear to the (padded) input size.
+- panoptic head (``task panoptic``): theta plus two branches on its C_s feature at the output
+         stride (Panoptic-DeepLab): centre 3x3 conv C_s -> 32 -> BN -> ReLU, 1x1 conv 32 -> 1
+         (bias); offset the same with 2 outputs; both bilinear to the input size, the offsets
+         scaled by the output stride.
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ __all__ = [
 
 def pad32(n: int) -> int:
     return -(-n // 32) * 32
+
+
+# channels of Panoptic-DeepLab's instance branches ("light" heads of 32 channels)
+PANOPTIC_CHANNELS = 32
 
 
 def head_channels(filters: int) -> int:
@@ -229,11 +237,11 @@ def arch_cost(arch: Arch, input_size: tuple[int, int] = (1024, 2048), classes: i
                 CostRow("fusion", name, (d["src"], d["dst"]), d["after"], "fuse", d["c_in"], d["c_out"], s_in, s_out, c)
             )
 
-    rep.rows.append(_head_row(g, F, classes, n, H * W))
+    rep.rows.append(_head_row(g, F, classes, n, H * W, arch.task))
     return rep
 
 
-def _head_row(g, F: int, classes: int, n, hw: int) -> CostRow:
+def _head_row(g, F: int, classes: int, n, hw: int, task: str = "semantic") -> CostRow:
     cs = head_channels(F)
     hd = g.nodes[HEAD]
     inputs = {e["stride"]: u for u, _v, e in g.in_edges(HEAD, data=True) if e["role"] == "branch"}
@@ -254,7 +262,13 @@ def _head_row(g, F: int, classes: int, n, hw: int) -> CostRow:
     c += _conv(cs, cs, 3, n(os_), relu=True)
     c += _conv(cs, classes, 1, n(os_), bn=False, bias=True)
     c += Cost(act=classes * hw)
-    label = "head (" + ", ".join(str(s) for s in strides) + ")"
+    if task == "panoptic":
+        for k in (1, 2):  # centre heatmap and offset branches
+            c += _conv(cs, PANOPTIC_CHANNELS, 3, n(os_), relu=True)
+            c += _conv(PANOPTIC_CHANNELS, k, 1, n(os_), bn=False, bias=True)
+            c += Cost(act=k * hw)
+        c += Cost(act=2 * hw)  # the offsets' scaling
+    label = "head (" + ", ".join(str(s) for s in strides) + ")" + (" panoptic" if task == "panoptic" else "")
     c_in = sum(g.nodes[inputs[s]]["c_out"] for s in strides)
     return CostRow("head", HEAD, (), None, label, c_in, classes, strides[0], os_, c)
 

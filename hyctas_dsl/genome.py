@@ -199,21 +199,23 @@ def _problem(arch: Arch, space: Space) -> None:
 # in mutable lists and fusion gates as (src slot, dst slot, after). Slots are the branch's
 # position in final-stride order when the operator started; _build renames by final stride.
 class _Draft:
-    __slots__ = ("filters", "layers", "cells", "gates", "output_stride")
+    __slots__ = ("filters", "layers", "cells", "gates", "output_stride", "task")
 
-    def __init__(self, filters: int, layers: int, cells: list[list[Cell]], gates: set, output_stride: int):
+    def __init__(self, filters: int, layers: int, cells: list[list[Cell]], gates: set, output_stride: int,
+                 task: str = "semantic"):
         self.filters = filters
         self.layers = layers
         self.cells = cells
         self.gates = gates
         self.output_stride = output_stride
+        self.task = task  # the space's: a panoptic space's archs are panoptic
 
     @classmethod
     def of(cls, arch: Arch) -> "_Draft":
         order = sorted(arch.branches, key=lambda b: b.final_stride())
         slot = {b.name: i for i, b in enumerate(order)}
         gates = {(slot[f.src], slot[f.dst], f.after) for f in arch.fusions}
-        return cls(arch.filters, arch.layers, [list(b.cells) for b in order], gates, arch.head.output_stride)
+        return cls(arch.filters, arch.layers, [list(b.cells) for b in order], gates, arch.head.output_stride, arch.task)
 
     def final_stride(self, i: int) -> int:
         return 8 * 2 ** sum(1 for c in self.cells[i] if c.down)
@@ -235,6 +237,7 @@ class _Draft:
             branches=branches,
             fusions=fusions,
             head=Head(strides=tuple(sorted(strides)), output_stride=self.output_stride),
+            task=self.task,
         )
         return arch.model_copy(update={"name": name or arch_name(arch)})
 
@@ -275,7 +278,8 @@ def _sample_once(space, rng, n_branches, layers, filters, fusion_p) -> _Draft:
         cells.append(branch)
     gates = _all_gates(n_branches, layers)
     on = rng.random(len(gates)) < fusion_p
-    return _Draft(filters, layers, cells, {g for g, o in zip(gates, on) if o}, _pick(rng, list(space.output_strides)))
+    return _Draft(filters, layers, cells, {g for g, o in zip(gates, on) if o}, _pick(rng, list(space.output_strides)),
+                  space.task)
 
 
 def _all_gates(n_branches: int, layers: int) -> list[tuple[int, int, int]]:
@@ -542,8 +546,8 @@ def _cross_once(a: Arch, b: Arch, space: Space, rng: np.random.Generator) -> tup
     common = min(da.layers, db.layers)
     # Child 1 has a's depth and child 2 b's; downs of the other parent fit only at equal depth.
     same_depth = da.layers == db.layers
-    c1 = _Draft(da.filters, da.layers, [list(c) for c in da.cells], set(), da.output_stride)
-    c2 = _Draft(db.filters, db.layers, [list(c) for c in db.cells], set(), db.output_stride)
+    c1 = _Draft(da.filters, da.layers, [list(c) for c in da.cells], set(), da.output_stride, da.task)
+    c2 = _Draft(db.filters, db.layers, [list(c) for c in db.cells], set(), db.output_stride, db.task)
     if rng.random() < 0.5:
         c1.filters, c2.filters = db.filters, da.filters
     if rng.random() < 0.5:

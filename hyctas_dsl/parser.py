@@ -313,6 +313,8 @@ class _Builder:
                 fields[key] = None if None in prior else tuple(float(v) for v in prior)
             elif key == "heads":
                 fields[key] = tuple(self.stride_set(t) for t in args)
+            elif key == "task":
+                fields[key] = str(args[0])
             elif key == "memory":
                 amount, unit, _b, batch, _c, size = args
                 if str(unit) not in _UNITS:
@@ -365,7 +367,7 @@ class _Builder:
         meta: list[MetaEntry] | None = None
         for item in items:
             kind = item.data
-            if kind in ("a_filters", "a_layers", "a_head"):
+            if kind in ("a_filters", "a_layers", "a_head", "a_task"):
                 key = kind[2:]
                 self.anchor(item, ("arch", name, key))
                 if key in fields:
@@ -376,6 +378,8 @@ class _Builder:
                     fields[key] = self.whole(item.children[1], "the filter multiplier", 1)
                 elif key == "layers":
                     fields[key] = self.whole(item.children[1], "the number of layers", 1)
+                elif key == "task":
+                    fields[key] = str(item.children[1])
                 else:
                     fields[key] = self.head(item)
             elif kind == "a_fuse":

@@ -167,6 +167,8 @@ class _Printer:
             self.emit(1, f"{key} {value}", k + (key,))
         if s.memory is not None:
             self.emit(1, _memory(s.memory), k + ("memory",))
+        if s.task != "semantic":  # the default is not written
+            self.emit(1, f"task {_name(s.task)}", k + ("task",))
         self.emit(0, "}", k + ("end",))
 
     def arch(self, a: Arch) -> None:
@@ -175,6 +177,8 @@ class _Printer:
         self.emit(1, f"filters {a.filters}", k + ("filters",))
         self.emit(1, f"layers {a.layers}", k + ("layers",))
         self.emit(1, _head(a.head), k + ("head",))
+        if a.task != "semantic":  # the default is not written
+            self.emit(1, f"task {_name(a.task)}", k + ("task",))
         for b in a.branches:
             self.branch(b, k)
         for f in a.fusions:

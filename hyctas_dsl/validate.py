@@ -21,6 +21,7 @@ violation is reported, not just the first. Rules:
   HY212  more branches than the space's branch prior allows
   HY213  filter multiplier not in the space
   HY214  bad op argument (unknown name, wrong type, out of range)
+  HY215  unknown task (an arch is ``semantic``, the default, or ``panoptic``)
   HY301  a space that is not well formed (strides, ops, widths, prior, heads)
 """
 
@@ -34,7 +35,11 @@ from hyctas_dsl.ast import Arch, Module, Space, Span
 from hyctas_dsl.errors import Diagnostic
 from hyctas_dsl.ops import OPS
 
-__all__ = ["check_arch", "check_space", "check_module", "RULES"]
+__all__ = ["check_arch", "check_space", "check_module", "RULES", "TASKS"]
+
+# What a network predicts: semantic labels, or also Panoptic-DeepLab's instance centres and
+# offsets (paper section 4.3).
+TASKS = ("semantic", "panoptic")
 
 RULES = {
     "HY001": "syntax error",
@@ -62,6 +67,7 @@ RULES = {
     "HY212": "too many branches",
     "HY213": "filter multiplier not in the space",
     "HY214": "bad op argument",
+    "HY215": "unknown task",
     "HY301": "malformed space",
     "HY401": "arch has more layers than the supernet",
     "HY402": "op not in the supernet",
@@ -72,6 +78,7 @@ RULES = {
     "HY407": "attention bottleneck wider than the supernet's",
     "HY408": "class count does not match",
     "HY409": "not a readable hyctas checkpoint",
+    "HY410": "panoptic arch on a semantic supernet",
     "HY601": "not a readable search checkpoint",
     "HY602": "search checkpoint made with other settings",
 }
@@ -118,6 +125,8 @@ def check_space(space: Space) -> list[Diagnostic]:
     for os_ in space.output_strides:
         if os_ not in (4, 8):
             err(f"output stride {os_} is not 4 or 8", "output_strides")
+    if space.task not in TASKS:
+        err(f"unknown task `{space.task}`", "task", f"tasks are {_fmt_set(TASKS)}")
     return out
 
 
@@ -205,6 +214,9 @@ def check_arch(arch: Arch, space: Space) -> list[Diagnostic]:
         err("HY207", f"head ({_fmt_set(head.strides)}) is not one of the space's heads", head.where("strides"), "heads: " + " ".join("(" + _fmt_set(h) + ")" for h in space.heads))
     if head.output_stride not in space.output_strides:
         err("HY207", f"output stride {head.output_stride} is not offered by the space ({_fmt_set(space.output_strides)})", head.where("output_stride") or head.span)
+
+    if arch.task not in TASKS:
+        err("HY215", f"unknown task `{arch.task}`", arch.where("task"), f"tasks are {_fmt_set(TASKS)}")
 
     names = {b.name for b in arch.branches}
     fusion_seen: set[tuple] = set()

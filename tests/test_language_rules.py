@@ -122,6 +122,7 @@ t_hy212 = SMALL_SPACE.replace("MEMORY", "").replace("HEAD", "(8, 16, 32)").repla
 )
 t_hy213 = BASE.replace("filters 12", "filters 10")
 t_hy214 = BASE.replace("2 conv w12", "2 attn(heads=0) w12")
+t_hy215 = BASE.replace("output_stride 8\n", "output_stride 8\n  task panoptik\n")
 t_hy301 = SMALL_SPACE.replace("strides 8 16 32", "strides 8 12").replace("heads (8) (8, 16) (8, 16, 32)", "heads (8)").replace(
     "MEMORY", "").replace("HEAD", "(8)").replace("BRANCHES", "  branch b {\n    1..2 conv w12\n  }\n")
 
@@ -152,6 +153,7 @@ CASES = {
     "HY212": (t_hy212, [("HY212", *at(t_hy212, "s32"))]),
     "HY213": (t_hy213, [("HY213", *at(t_hy213, "filters 10"))]),
     "HY214": (t_hy214, [("HY214", *at(t_hy214, "attn"))]),
+    "HY215": (t_hy215, [("HY215", *at(t_hy215, "task panoptik"))]),
     "HY301": (t_hy301, [("HY301", *at(t_hy301, "strides 8 12"))]),
 }
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.commands.train import load_arch
+from hyctas_dsl.commands.train import TASK_HELP, load_arch, with_task
 from hyctas_dsl.commands.train_supernet import run_cli_job
 
 
@@ -28,13 +28,16 @@ def register(app: typer.Typer) -> None:
         weights: Optional[str] = typer.Option(None, "--weights", help="Weights to load (latency does not depend on them)."),
         classes: int = typer.Option(19, "--classes", help="Output classes with random weights (Cityscapes: 19)."),
         as_json: bool = typer.Option(False, "--json", help="Print the measurements as JSON."),
+        task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
     ) -> None:
         """Frames per second at batch 1 with the image already on the device, after a
         warm-up, timed for --seconds (6, as the paper); prints the median, the p10..p90
         spread and the protocol. Random weights unless --weights (latency does not depend
         on them). --compare B.hy times a second arch in turns with the first and prints the
         ratio. Exit 2 for bad options or a device this machine lacks, 1 when the network does
-        not fit in memory at that input size.
+        not fit in memory at that input size. A panoptic arch (`task panoptic` or --task
+        panoptic) is timed three ways: the network, the post-processing (centre NMS, pixel
+        grouping, merge) and both together.
         """
         from hyctas_dsl.cli import fail_usage
         from hyctas_dsl.commands.compile import parse_size
@@ -50,7 +53,10 @@ def register(app: typer.Typer) -> None:
         if classes < 1:
             raise fail_usage(f"--classes must be positive, not {classes}")
         arch, _ = load_arch(file, arch_name, space)
+        arch = with_task(arch, task)
         other = load_arch(compare, None, space)[0] if compare else None
+        if arch.task == "panoptic" and (other is not None or compile_ or channels_last or dtype != "fp32"):
+            raise fail_usage("a panoptic bench times fp32 eager inference: no --compare, --compile, --channels-last, --dtype")
 
         def job():
             import torch
@@ -66,6 +72,20 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(str(e)) from None
             torch.manual_seed(0)
             model = load_weights(weights, arch)[0] if weights else export(arch, classes=classes)
+            if arch.task == "panoptic":
+                from hyctas_dsl.run.panoptic_eval import bench_panoptic, default_things
+
+                n_classes = model.head.out.out_channels
+                lats = bench_panoptic(model, size, dev, default_things(n_classes), seconds, warmup)
+                names = ["network", "post-processing", "network + post-processing"]
+                if as_json:
+                    typer.echo(json.dumps({"arch": arch.name, "results": [dict(l.to_json(), part=n, fps=l.fps)
+                                                                          for n, l in zip(names, lats)]}, indent=2))
+                    return
+                typer.echo(format_rows(names, lats))
+                typer.echo(f"post-processing is {lats[1].median_ms / lats[0].median_ms:.1%} of the network's time")
+                typer.echo(f"protocol: {lats[0].protocol}")
+                return
             if other is None:
                 lats = [bench(model, size, dev, dtype, seconds, warmup, channels_last, compile_)]
                 names = [arch.name]

@@ -36,6 +36,21 @@ def _atomic_tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
 
 
+def max_abs_diff(got, want) -> float:
+    """Largest absolute difference of two outputs: tensors or arrays, or tuples of them (a
+    panoptic network's logits, centre heatmap and offsets)."""
+    gs = list(got) if isinstance(got, (tuple, list)) else [got]
+    ws = list(want) if isinstance(want, (tuple, list)) else [want]
+    if len(gs) != len(ws):
+        return float("inf")
+    return max(float(abs(g - w).max()) for g, w in zip(gs, ws))
+
+
+def onnx_output_names(arch) -> list[str]:
+    """The ONNX graph's output names: ``logits``, and ``center`` and ``offset`` for a panoptic arch."""
+    return ["logits", "center", "offset"] if arch.task == "panoptic" else ["logits"]
+
+
 def _write_export(path: Path, arch, model, supernet, size: tuple[int, int], classes: int) -> str:
     """Write one export; returns a one-line description."""
     import torch
@@ -61,16 +76,18 @@ def _write_export(path: Path, arch, model, supernet, size: tuple[int, int], clas
         with contextlib.redirect_stdout(sys.stderr):
             # One self-contained file: external data would be named after the temporary file
             # and lost with it.
-            torch.onnx.export(model, (x,), str(tmp), dynamo=True, verbose=False, external_data=False)
+            names = {"output_names": onnx_output_names(arch)} if arch.task == "panoptic" else {}
+            torch.onnx.export(model, (x,), str(tmp), dynamo=True, verbose=False, external_data=False, **names)
         note = ""
         try:
             import onnxruntime as ort
 
             sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-            got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+            got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
             with torch.no_grad():
-                want = model(x).numpy()
-            note = f", onnxruntime max abs diff {abs(got - want).max():.1e}"
+                want = model(x)
+            want = [t.numpy() for t in want] if isinstance(want, tuple) else [want.numpy()]
+            note = f", onnxruntime max abs diff {max_abs_diff(got, want):.1e}"
         except ImportError:
             note = " (onnxruntime not installed: not checked)"
         os.replace(tmp, path)
@@ -96,6 +113,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the fresh initialisation when no supernet is given."),
         cells: bool = typer.Option(True, "--cells/--no-cells", help="Show the per-cell rows."),
         as_json: bool = typer.Option(False, "--json", help="Print the cost report and what was written as JSON."),
+        task: Optional[str] = typer.Option(None, "--task", help="semantic | panoptic [default: the arch's `task`]."),
     ) -> None:
         """Lower an architecture to a PyTorch module and print its cost report: params,
         multiply-accumulates (every conv and both attention matmuls) and training activation
@@ -123,6 +141,9 @@ def register(app: typer.Typer) -> None:
         sp = load_space(space)
         text, module = load_checked(file, sp)
         arch = pick(module, file, arch_name, want_arch=True)
+        from hyctas_dsl.commands.train import with_task
+
+        arch = with_task(arch, task)
 
         import torch
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.commands.train import load_arch
+from hyctas_dsl.commands.train import TASK_HELP, load_arch, with_task
 from hyctas_dsl.commands.train_supernet import run_cli_job
 
 
@@ -68,11 +68,17 @@ def register(app: typer.Typer) -> None:
         samples: int = typer.Option(6, "--samples", help="Rows of the picture grid."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
+        center_threshold: float = typer.Option(0.1, "--center-threshold", help="Panoptic: centre heatmap threshold."),
+        top_k: int = typer.Option(200, "--top-k", help="Panoptic: at most this many centres per image."),
+        stuff_area: Optional[int] = typer.Option(None, "--stuff-area", help="Panoptic: smallest stuff segment in pixels [default: 2048 at 1024x2048, scaled with the image area]."),
     ) -> None:
         """Evaluate trained weights on a data set's validation split: IoU per class and mIoU,
         single-scale without flipping by default (as the paper reports), --flip and --scales
         optional. With --out: eval.json, the confusion matrix (.npy, .csv; rows = ground
         truth) and a picture grid of image / ground truth / prediction (Figure 5).
+        A panoptic arch (`task panoptic`, or --task panoptic) prints PQ / SQ / RQ per class,
+        for things, stuff and all, and mIoU; its grid colours instances apart.
 
         Exit 0 on success, 1 when the arch is invalid, 2 for unreadable files, weights of
         another arch or class count, and bad options.
@@ -82,6 +88,20 @@ def register(app: typer.Typer) -> None:
             typer.echo("hyctas: error: --images must be at least 1", err=True)
             raise typer.Exit(2)
         arch, _text = load_arch(file, arch_name, space)
+        arch = with_task(arch, task)
+        if arch.task == "panoptic":
+            if scale_list != (1.0,) or flip:
+                typer.echo("hyctas: error: panoptic evaluation is single-scale without flip (no --scales, --flip)", err=True)
+                raise typer.Exit(2)
+            if not 0 <= center_threshold < 1 or top_k < 1 or (stuff_area is not None and stuff_area < 0):
+                typer.echo("hyctas: error: --center-threshold must lie in [0, 1), --top-k be positive, --stuff-area not negative",
+                           err=True)
+                raise typer.Exit(2)
+            from hyctas_dsl.run.panoptic_eval import eval_command
+
+            post = {"threshold": center_threshold, "top_k": top_k, **({"stuff_area": stuff_area} if stuff_area is not None else {})}
+            run_cli_job(lambda: eval_command(arch, weights, data, images, out, samples, device, quiet, load_weights, post))
+            return
 
         def job():
             from hyctas_dsl.data import make_datasets

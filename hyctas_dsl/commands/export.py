@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.commands.train import load_arch
+from hyctas_dsl.commands.train import TASK_HELP, load_arch, with_task
 from hyctas_dsl.commands.train_supernet import run_cli_job
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors", "python": ".py"}
@@ -36,7 +36,8 @@ def exported_outputs(path: Path, fmt: str, x):
     except ImportError:
         return None
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    outs = [torch.from_numpy(o) for o in sess.run(None, {sess.get_inputs()[0].name: x.numpy()})]
+    return tuple(outs) if len(outs) > 1 else outs[0]  # a panoptic network has three outputs
 
 
 def register(app: typer.Typer) -> None:
@@ -49,6 +50,7 @@ def register(app: typer.Typer) -> None:
         arch_name: Optional[str] = typer.Option(None, "--arch", help="Which arch of the file (default: the only one)."),
         space: Optional[str] = typer.Option(None, "--space", help="Validate against this space file."),
         input_size: str = typer.Option("512x1024", "--input", help="Input HEIGHTxWIDTH of the check (and of the ONNX graph)."),
+        task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
     ) -> None:
         """Write trained weights as a deployable artifact: ONNX, TorchScript, standalone
         safetensors (arch text as metadata) or a self-contained model.py (torch only) with
@@ -66,6 +68,7 @@ def register(app: typer.Typer) -> None:
         except ValueError as e:
             raise fail_usage(str(e)) from None
         arch, _ = load_arch(file, arch_name, space)
+        arch = with_task(arch, task)
         path = Path(output) if output else Path(arch.name + FORMATS[fmt])
         if path.suffix.lower() != FORMATS[fmt]:
             raise fail_usage(f"--output {path}: a {fmt} export must end in {FORMATS[fmt]}")
@@ -89,7 +92,9 @@ def register(app: typer.Typer) -> None:
             if got is None:
                 typer.echo("check: onnxruntime is not installed; outputs not compared")
                 return
-            diff = float((got - want).abs().max())
+            from hyctas_dsl.commands.compile import max_abs_diff
+
+            diff = max_abs_diff(got, want)
             typer.echo(f"check: {fmt} output vs PyTorch on a 1x3x{size[0]}x{size[1]} input: max abs diff {diff:.2e}")
             if not diff <= 1e-3:
                 typer.echo(f"hyctas: error: the exported {fmt} model disagrees with PyTorch (max abs diff {diff:.2e})", err=True)

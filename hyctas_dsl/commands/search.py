@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
         crossover: Optional[float] = typer.Option(None, "--crossover", help="Crossover probability [default: 0.9]."),
         mutation: Optional[float] = typer.Option(None, "--mutation", help="Per-gene mutation probability [default: 0.02]."),
         miou_min: Optional[float] = typer.Option(None, "--miou-min", help="Algorithm 1: keep offspring above this mIoU [default: 0]."),
+        metric: Optional[str] = typer.Option(None, "--metric", help="Accuracy objective: miou | pq (a supernet of a `task panoptic` space) [default: miou]."),
         bn_images: Optional[int] = typer.Option(None, "--bn-images", help="Images for BN recalibration [default: 128; the paper: 1000]."),
         val_images: Optional[int] = typer.Option(None, "--val-images", help="Validation images per candidate [default: 256]."),
         latency_seconds: Optional[float] = typer.Option(None, "--latency-seconds", help="Timed seconds per latency measurement [default: 0.3; the paper: 6]."),
@@ -62,7 +63,7 @@ def register(app: typer.Typer) -> None:
             cfg = merge(SearchConfig, config, tables.get("search", {}), dict(
                 out=emit_dsl, supernet=supernet, data=data, objective=objective, branches=nbs,
                 population=population, generations=generations, crossover=crossover, mutation=mutation,
-                miou_min=miou_min, bn_images=bn_images, val_images=val_images, latency_seconds=latency_seconds,
+                miou_min=miou_min, metric=metric, bn_images=bn_images, val_images=val_images, latency_seconds=latency_seconds,
                 latency_input=size_option(latency_input, "--latency-input"), seed=seed, device=device,
             ))
             sn_table = tables.get("supernet")

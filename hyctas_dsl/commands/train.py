@@ -17,6 +17,7 @@ outputs (--aux) and online hard-pixel mining (--ohem).
   hyctas train archs/hyctas_s.hy --steps 300 --out runs/s     # embedded digits, minutes
   hyctas train my.hy --data cityscapes:/data/cs --steps 186000 --batch 32 --crop 512x1024
   hyctas train my.hy --out runs/s --resume                     # continue exactly
+  hyctas train my.hy --task panoptic --data cityscapes:/data/cs # + centre/offset heads, PQ
   torchrun --nproc-per-node 2 -m hyctas_dsl.cli train my.hy ...
 
 The run directory gets model.safetensors (for eval/export/bench), checkpoint.safetensors (for
@@ -32,6 +33,21 @@ def load_arch(file: str, arch_name: Optional[str], space: Optional[str]):
     sp = load_space(space)
     text, module = load_checked(file, sp)
     return pick(module, file, arch_name, want_arch=True), text
+
+
+def with_task(arch, task: Optional[str]):
+    """``arch`` with its task replaced by ``--task`` (None keeps the arch's own)."""
+    from hyctas_dsl.cli import fail_usage
+    from hyctas_dsl.validate import TASKS
+
+    if task is None or task == arch.task:
+        return arch
+    if task not in TASKS:
+        raise fail_usage(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
+    return arch.model_copy(update={"task": task})
+
+
+TASK_HELP = "semantic | panoptic [default: the arch's `task`]; panoptic adds the centre heatmap and offset branches."
 
 
 def register(app: typer.Typer) -> None:
@@ -59,8 +75,12 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
         stop_after: Optional[int] = typer.Option(None, "--stop-after", hidden=True, help="Stop after this step (as an interruption would)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP),
+        center_weight: float = typer.Option(200.0, "--center-weight", help="Panoptic: weight of the centre heatmap MSE."),
+        offset_weight: float = typer.Option(0.01, "--offset-weight", help="Panoptic: weight of the offset L1."),
     ) -> None:
         arch, _text = load_arch(file, arch_name, space)
+        arch = with_task(arch, task)
 
         def job():
             from pydantic import ValidationError
@@ -72,7 +92,8 @@ def register(app: typer.Typer) -> None:
                 cfg = TrainConfig(
                     data=data, out=out, steps=steps, batch=batch, crop=size_option(crop, "--crop"), optimizer=optimizer, lr=lr,
                     drop_path=drop_path, aux=aux, ohem=ohem, amp=amp, seed=seed, checkpoint_every=checkpoint_every,
-                    eval_images=eval_images, workers=workers, device=device,
+                    eval_images=eval_images, workers=workers, device=device, center_weight=center_weight,
+                    offset_weight=offset_weight,
                 )
             except ValidationError as e:
                 err = e.errors()[0]
@@ -82,6 +103,8 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{arch.name}: stopped after {res.steps} of {cfg.steps} steps; continue with --resume")
                 return
             miou = "" if res.miou is None else f", val mIoU {100 * res.miou:.1f}%"
+            if res.pq is not None:
+                miou += f", val PQ {100 * res.pq:.1f}%"
             typer.echo(f"{arch.name}: {res.steps} steps, final loss {res.final_loss:.3f}{miou}, "
                        f"{res.seconds:.0f} s -> {res.out}/model.safetensors")
 

@@ -97,6 +97,7 @@ class SearchConfig(_Config):
     crossover: float = Field(0.9, ge=0, le=1)
     mutation: float = Field(0.02, ge=0, le=1)
     miou_min: float = Field(0.0, ge=0, le=1, description="Algorithm 1: keep offspring above this mIoU")
+    metric: Literal["miou", "pq"] = Field("miou", description="accuracy objective: mIoU, or PQ (needs a panoptic supernet)")
     bn_images: int = Field(128, ge=1, description="images to recompute BatchNorm statistics (the paper: 1000)")
     val_images: int = Field(256, ge=1, description="validation images per candidate")
     latency_seconds: float = Field(0.3, gt=0, description="timed seconds per latency measurement (the paper: 6)")

@@ -39,8 +39,11 @@ def pareto_mask(points: Sequence[tuple[float, float]]) -> list[bool]:
 
 def with_meta(arch: Arch, record: dict, name: str, extra: dict | None = None) -> Arch:
     """``arch`` renamed, with its measured facts as ``meta`` (not part of its identity)."""
+    # with --metric pq the search's accuracy (`miou` in its records) is PQ: write both by name
+    miou = record["semantic_miou"] if "pq" in record else record["miou"]
     facts: list[tuple[str, object]] = [
-        ("miou", round(float(record["miou"]), 6)),
+        *([("pq", round(float(record["pq"]), 6))] if "pq" in record else []),
+        ("miou", round(float(miou), 6)),
         *([("miou_sd", round(float(record["miou_sd"]), 6))] if record.get("miou_sd") is not None else []),
         ("gmacs", round(record["macs"] / 1e9, 6)),
         ("params", int(record["params"])),
@@ -79,10 +82,16 @@ def write_front(out: Path, members: list[tuple[Arch, dict]], extra: dict | None 
 
 def write_candidates(path: Path, records: list[dict]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    fields = list(CSV_FIELDS)
+    if any("pq" in r for r in records):  # --metric pq: PQ was the accuracy (`miou` in the records)
+        fields.insert(fields.index("miou"), "pq")
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in records:
-        w.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+        row = {k: r.get(k, "") for k in fields}
+        if "pq" in r:
+            row["miou"] = r.get("semantic_miou", "")
+        w.writerow(row)
     write_text(path, buf.getvalue())
 
 

@@ -97,11 +97,14 @@ class CandidateEvaluator:
         device: torch.device,
         batch: int = 32,
         noise: bool = True,
+        metric: str = "miou",
+        things: tuple[int, ...] = (),
     ):
         self.noise = noise  # the bootstrap sd of each mIoU over resampled validation sets
         self.supernet = supernet.to(device).eval()
         self.device = device
         self.classes = supernet.classes
+        self.metric, self.things = metric, tuple(things)  # "pq": labels are panoptic id maps
         self.timings = Timings()
         rng = np.random.default_rng([seed, 1000])
         bn_idx = sorted(rng.choice(len(train_set), size=min(bn_images, len(train_set)), replace=False).tolist())
@@ -117,8 +120,17 @@ class CandidateEvaluator:
         t_view = time.perf_counter()
         recalibrate_bn(view, self.bn_batches)
         t_bn = time.perf_counter()
-        per_image, miou = per_image_confusion(view, self.val_batches, self.classes)
-        miou_sd = bootstrap_miou_sd(per_image, seed=0) if self.noise else None
+        extra = {}
+        miou_sd = None
+        if self.metric == "pq":
+            from hyctas_dsl.run.panoptic_eval import evaluate_pq_batches
+
+            # PQ is the accuracy objective (the search calls it `miou` throughout)
+            pq, extra["semantic_miou"] = evaluate_pq_batches(view, self.val_batches, self.classes, self.things)
+            miou = extra["pq"] = pq
+        else:
+            per_image, miou = per_image_confusion(view, self.val_batches, self.classes)
+            miou_sd = bootstrap_miou_sd(per_image, seed=0) if self.noise else None
         t_eval = time.perf_counter()
         rep = arch_cost(arch, self.data_size, self.classes)
         t_cost = time.perf_counter()
@@ -133,6 +145,7 @@ class CandidateEvaluator:
             "macs": rep.total.macs,
             "params": rep.total.params,
             "branches": len(arch.branches),
+            **extra,
         }
         return out
 

@@ -98,6 +98,10 @@ class TrainConfig(_Config):
     eval_images: int = Field(256, ge=0, description="validation images for the final mIoU (0: skip)")
     workers: Optional[int] = Field(None, ge=0)
     device: str = "auto"
+    # panoptic archs (``task panoptic``): Panoptic-DeepLab's loss weights and centre Gaussian
+    center_weight: float = Field(200.0, ge=0, description="panoptic: weight of the centre heatmap MSE (Panoptic-DeepLab: 200)")
+    offset_weight: float = Field(0.01, ge=0, description="panoptic: weight of the centre offset L1 (Panoptic-DeepLab: 0.01)")
+    center_sigma: float = Field(8.0, gt=0, description="panoptic: sigma in pixels of the centre Gaussians (Panoptic-DeepLab: 8)")
 
 
 @dataclass
@@ -107,6 +111,7 @@ class TrainResult:
     final_loss: float
     seconds: float
     miou: Optional[float]
+    pq: Optional[float] = None  # panoptic archs
 
 
 def poly_lr(cfg: TrainConfig, step: int) -> float:
@@ -275,7 +280,14 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
     out = Path(cfg.out)
     arch_text = dumps(arch.model_copy(update={"meta": ()}))
     torch.manual_seed(cfg.seed)
-    train_set, val_set = make_datasets(cfg.data, seed=cfg.seed, crop=cfg.crop)
+    panoptic = arch.task == "panoptic"
+    if panoptic:  # labels are panoptic id maps; the semantic label is their low byte
+        from hyctas_dsl.run.panoptic import instance_loss, panoptic_targets
+        from hyctas_dsl.run.panoptic_eval import make_panoptic_datasets
+
+        train_set, val_set = make_panoptic_datasets(cfg.data, seed=cfg.seed, crop=cfg.crop)
+    else:
+        train_set, val_set = make_datasets(cfg.data, seed=cfg.seed, crop=cfg.crop)
     classes = train_set.info.num_classes
     net = export(arch, classes=classes)
     model = RetrainNet(net, arch, classes, cfg.aux).to(info.device)
@@ -323,9 +335,19 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
         x, y = x.to(info.device), y.to(info.device)
         with _autocast(cfg, info.device):
             logits, aux = train_model(x)
+        inst_loss = x.new_zeros(())  # panoptic: centre heatmap MSE + offset L1, weighted
+        if panoptic:
+            t = panoptic_targets(y, train_set.source.things, cfg.center_sigma)
+            _logits, center, offset = logits
+            logits, y = _logits, t.semantic
+            inst_loss = instance_loss(center, offset, t, cfg.center_weight, cfg.offset_weight)
         logits = logits.float()
         if cfg.ohem:
             main_sum, main_n = ohem_loss(logits, y, cfg.ohem_thresh, cfg.ohem_min_kept)
+        elif panoptic:  # small instances weigh more (Panoptic-DeepLab)
+            w = t.semantic_weight * (y != IGNORE)
+            main_sum = (F.cross_entropy(logits, y, ignore_index=IGNORE, reduction="none") * w).sum()
+            main_n = w.sum()
         else:
             main_sum = F.cross_entropy(logits, y, ignore_index=IGNORE, reduction="sum")
             main_n = (y != IGNORE).sum().to(logits.dtype)
@@ -336,13 +358,14 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
         # Sums over the global pixel counts; DDP averages gradients over ranks, hence * world.
         main = main_sum / counts[0].clamp_min(1.0)
         aux_loss = aux_sum / counts[1].clamp_min(1.0)
-        loss = (main + cfg.aux_weight * aux_loss) * info.world
+        # inst_loss is a per-rank mean: DDP's gradient average makes it the global mean
+        loss = (main + cfg.aux_weight * aux_loss) * info.world + inst_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        parts = torch.stack([main.detach(), aux_loss.detach()])
+        parts = torch.stack([main.detach(), aux_loss.detach(), inst_loss.detach() / info.world])
         if info.enabled:
             torch_dist.all_reduce(parts)
-        loss_value = float(parts[0] + cfg.aux_weight * parts[1])
+        loss_value = float(parts[0] + cfg.aux_weight * parts[1] + parts[2])
         check_finite(loss_value, step, ckpt, cfg.lr)
         optimizer.step()
         done = step + 1
@@ -353,6 +376,8 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
                        "drop_path": drop_path_at(cfg, step), "img_per_s": rate}
                 if model.aux_strides:
                     rec["aux_loss"] = float(parts[1])
+                if panoptic:
+                    rec["instance_loss"] = float(parts[2])
                 append_log(out / "log.jsonl", rec)
             if done % cfg.checkpoint_every == 0 or done == stop:
                 _save_checkpoint(ckpt, model, optimizer, done, cfg, arch_text, loss_value)
@@ -363,6 +388,12 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
     if done >= cfg.steps:
         if info.is_main:
             save_model(net, arch, out / MODEL, classes)
+        if panoptic:
+            from hyctas_dsl.run.panoptic_eval import final_eval_panoptic
+
+            miou, pq = final_eval_panoptic(cfg, net, val_set, info, out, done)
+            dist.barrier(info)
+            return TrainResult(out, done, loss_value, time.perf_counter() - meter.t0, miou, pq)
         miou = _final_eval(cfg, net, val_set, info, out, done)
     dist.barrier(info)
     return TrainResult(out, done, loss_value, time.perf_counter() - meter.t0, miou)

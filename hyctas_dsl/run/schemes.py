@@ -66,15 +66,23 @@ def distill_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torc
     return (per_pixel * (labels != IGNORE)).sum() / max(normalizer, 1.0)
 
 
-def train_step(supernet, subnets: list[StepSubnet], x: torch.Tensor, y: torch.Tensor, labelled: float, distill: float) -> torch.Tensor:
+def train_step(supernet, subnets: list[StepSubnet], x: torch.Tensor, y: torch.Tensor, labelled: float, distill: float,
+               targets=None, world: int = 1) -> torch.Tensor:
     """Forward and backward every subnet of the step on the same batch; gradients accumulate
     in the shared weights (one subnet's activations alive at a time). Returns the mean loss
     (detached); the caller steps the optimizer."""
     teacher = None
     total = torch.zeros((), device=x.device)
     for sub in subnets:
-        logits = supernet.subnet(sub.arch)(x)
-        loss = seg_loss(logits, y, labelled)
+        out = supernet.subnet(sub.arch)(x)
+        if targets is not None:  # panoptic: + Panoptic-DeepLab's instance losses (local means, summed over ranks)
+            from hyctas_dsl.run.panoptic import instance_loss
+
+            logits, center, offset = out
+            loss = seg_loss(logits, y, labelled) + instance_loss(center, offset, targets) / world
+        else:
+            logits = out
+            loss = seg_loss(logits, y, labelled)
         if teacher is not None and distill > 0:
             loss = (1.0 - distill) * loss + distill * distill_loss(logits, teacher, y, labelled)
         if sub.role == "largest":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from hyctas_dsl.ast import Arch
 from hyctas_dsl.run import dist
-from hyctas_dsl.run.config import SearchConfig, SupernetConfig
+from hyctas_dsl.run.config import ConfigError, SearchConfig, SupernetConfig
 from hyctas_dsl.run.io import environment, write_json
 
 __all__ = ["search", "SearchSummary"]
@@ -89,12 +89,21 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True, super
     if not sn_file.exists():
         raise FileNotFoundError(f"{sn_dir}: no supernet.safetensors (train one with `hyctas train-supernet --out {sn_dir}`)")
 
-    train_set, val_set = make_datasets(cfg.data, seed=cfg.seed)
+    if cfg.metric == "pq":  # PQ as the accuracy objective: panoptic labels and supernet
+        from hyctas_dsl.run.panoptic_eval import make_panoptic_datasets
+
+        train_set, val_set = make_panoptic_datasets(cfg.data, seed=cfg.seed)
+    else:
+        train_set, val_set = make_datasets(cfg.data, seed=cfg.seed)
     supernet = load_supernet(sn_file, classes=train_set.info.num_classes)
     space = supernet.space
+    if cfg.metric == "pq" and space.task != "panoptic":
+        raise ConfigError(f"--metric pq needs a panoptic supernet, but {sn_file} was trained on space `{space.name}` "
+                          "without `task panoptic`")
     data_size = tuple(val_set.get(0, 0)[0].shape[-2:])
     lat_input = tuple(cfg.latency_input or data_size)
-    evaluator = CandidateEvaluator(supernet, train_set, val_set, cfg.bn_images, cfg.val_images, cfg.seed, info.device)
+    evaluator = CandidateEvaluator(supernet, train_set, val_set, cfg.bn_images, cfg.val_images, cfg.seed, info.device,
+                                   metric=cfg.metric, things=getattr(train_set.source, "things", ()))
     lut = LatencyLUT(str(info.device))
     t_latency = 0.0
     t_genome_start = time.perf_counter()
@@ -143,7 +152,7 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True, super
         def report(res, nb=nb):
             best = max((r.miou for r in res.front), default=float("nan"))
             say(f"  {nb} branch{'es' * (nb > 1)}: generation {res.generation + 1}/{cfg.generations}, "
-                f"front {len(res.front)}, best mIoU {best:.3f}, evaluated {res.evaluations}")
+                f"front {len(res.front)}, best {'PQ' if cfg.metric == 'pq' else 'mIoU'} {best:.3f}, evaluated {res.evaluations}")
 
         say(f"search: {nb} branch{'es' * (nb > 1)}, population {cfg.population}, {cfg.generations} generations")
         results[nb] = run_search(space, evaluate, cost, ncfg, state_path=state, resume=resume and state.exists(),
@@ -177,7 +186,8 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True, super
     files: list[Path] = []
     lut_error = None
     if info.is_main:
-        files = write_front(out, members, {"search_seed": cfg.seed, "objective": cfg.objective}, space=space)
+        files = write_front(out, members, {"search_seed": cfg.seed, "objective": cfg.objective,
+                                           **({"metric": "pq"} if cfg.metric == "pq" else {})}, space=space)
         by_key = {m[1]["key"]: m[1].get("file") for m in members}
         for row in records:
             if row.get("on_front"):

@@ -109,7 +109,14 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     out = Path(cfg.out)
     space = resolve_space(cfg.space)
     torch.manual_seed(cfg.seed)
-    train_set, _val = make_datasets(cfg.data, seed=cfg.seed, crop=cfg.crop)
+    panoptic = space.task == "panoptic"  # labels are panoptic id maps; sampled archs are panoptic
+    if panoptic:
+        from hyctas_dsl.run.panoptic import panoptic_targets
+        from hyctas_dsl.run.panoptic_eval import make_panoptic_datasets
+
+        train_set, _val = make_panoptic_datasets(cfg.data, seed=cfg.seed, crop=cfg.crop)
+    else:
+        train_set, _val = make_datasets(cfg.data, seed=cfg.seed, crop=cfg.crop)
     classes = train_set.info.num_classes
     supernet = Supernet(space, classes=classes, shared_classifier=cfg.shared_classifier).to(info.device)
     optimizer = make_optimizer(cfg, supernet.parameters())
@@ -141,6 +148,9 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     for step, (x, y) in enumerate(loader, start=start):
         subnets = step_subnets(space, cfg, step)
         x, y = x.to(info.device), y.to(info.device)
+        if panoptic:
+            targets = panoptic_targets(y, train_set.source.things)
+            y = targets.semantic
         labelled = float((y != 255).sum())
         if info.enabled:
             t = torch.tensor([labelled], device=info.device)
@@ -149,7 +159,8 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
         for group in optimizer.param_groups:
             group["lr"] = _lr(cfg, step)
         optimizer.zero_grad(set_to_none=True)
-        loss_sum = train_step(supernet, subnets, x, y, labelled, cfg.distill)
+        loss_sum = train_step(supernet, subnets, x, y, labelled, cfg.distill,
+                              targets if panoptic else None, info.world)
         if info.enabled:
             torch_dist.all_reduce(loss_sum)
             for p in supernet.parameters():
