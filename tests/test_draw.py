@@ -359,8 +359,13 @@ def test_cli_selection_and_diff(tmp_path):
     body = lambda n: (ARCHS / n).read_text().split("hyctas 1\n", 1)[1]  # noqa: E731
     multi.write_text("hyctas 1\n" + body("paper_space.hy") + body("hyctas_s.hy"))
     out = tmp_path / "x.dot"
-    r = run(["draw", str(multi), "-o", str(out)])
-    assert r.exit_code == 2 and "space paper, arch hyctas_s" in r.output and "--arch" in r.output
+    # one space beside one arch is that arch's space (as in the files the search emits)
+    assert run(["draw", str(multi), "-o", str(out)]).exit_code == 0
+    assert out.read_text() == draw(arch("hyctas_s")).source
+    two = tmp_path / "two.hy"
+    two.write_text("hyctas 1\n" + body("paper_space.hy") + body("hyctas_s.hy") + body("hyctas_m.hy"))
+    r = run(["draw", str(two), "-o", str(out)])
+    assert r.exit_code == 2 and "space paper, arch hyctas_s, arch hyctas_m" in r.output and "--arch" in r.output
     r = run(["draw", str(multi), "--arch", "nope", "-o", str(out)])
     assert r.exit_code == 2 and "no arch or space named `nope`" in r.output
     assert run(["draw", str(multi), "--arch", "hyctas_s", "-o", str(out)]).exit_code == 0
