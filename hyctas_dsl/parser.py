@@ -253,6 +253,18 @@ class _Builder:
             return None
         return value
 
+    def probability(self, tok: Token) -> float | None:
+        """A branch probability as a float; an integer too large for a float (``1`` followed
+        by 400 zeros) is a located error, not an OverflowError that would end the report."""
+        value = self.number(tok, "a branch probability")
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except OverflowError:
+            self.error("HY003", f"`{tok}` is out of range for a branch probability", tok, "write a number from 0 to 1")
+            return None
+
     def whole(self, tok: Token, what: str, minimum: int = 0) -> int | None:
         value = _number(tok)
         if not isinstance(value, int):
@@ -309,8 +321,8 @@ class _Builder:
             elif key == "ops":
                 fields[key] = tuple(str(t) for t in args)
             elif key == "branch_prior":
-                prior = [self.number(t, "a branch probability") for t in args]
-                fields[key] = None if None in prior else tuple(float(v) for v in prior)
+                prior = [self.probability(t) for t in args]
+                fields[key] = None if None in prior else tuple(prior)
             elif key == "heads":
                 fields[key] = tuple(self.stride_set(t) for t in args)
             elif key == "memory":
