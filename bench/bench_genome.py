@@ -22,7 +22,7 @@ import numpy as np
 
 from hyctas_dsl.api import canonical_key
 from hyctas_dsl.genome import crossover, dedup, mutate, sample_arch
-from hyctas_dsl.nsga import SearchConfig, constraint_values, run_search
+from hyctas_dsl.nsga import NSGAConfig, constraint_values, run_search
 from hyctas_dsl.spaces import paper_space
 from hyctas_dsl.validate import check_arch
 
@@ -97,7 +97,7 @@ def main() -> None:
     t = time.perf_counter()
     evaluated = 0
     for k in (1, 2, 3):
-        cfg = SearchConfig(n_branches=k, pop_size=pop, n_gen=gens, layers=args.layers, filters=args.filters, seed=args.seed, cost_filter=False)
+        cfg = NSGAConfig(n_branches=k, pop_size=pop, n_gen=gens, layers=args.layers, filters=args.filters, seed=args.seed, cost_filter=False)
         evaluated += run_search(space, evaluate, cost, cfg).evaluations
     row(f"run_search, free evaluation ({evaluated} cand.)", evaluated, time.perf_counter() - t, 1)
 

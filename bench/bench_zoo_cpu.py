@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from hyctas_dsl.api import load
-from hyctas_dsl.commands.compile import parse_size
+from hyctas_dsl.cli_support import parse_size
 from hyctas_dsl.compiler import export
 from hyctas_dsl.run.bench import bench_interleaved
 from hyctas_dsl.spaces import zoo_path

@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.commands.train import load_arch
-from hyctas_dsl.commands.train_supernet import run_cli_job
+from hyctas_dsl.cli_support import fail_usage, load_arch, run_cli_job, size_option
 
 
 def register(app: typer.Typer) -> None:
@@ -36,13 +35,7 @@ def register(app: typer.Typer) -> None:
         ratio. Exit 2 for bad options or a device this machine lacks, 1 when the network does
         not fit in memory at that input size.
         """
-        from hyctas_dsl.cli import fail_usage
-        from hyctas_dsl.commands.compile import parse_size
-
-        try:
-            size = parse_size(input_size)
-        except ValueError as e:
-            raise fail_usage(str(e)) from None
+        size = size_option(input_size, "--input")
         if dtype not in ("fp32", "bf16", "fp16"):
             raise fail_usage(f"--dtype must be fp32, bf16 or fp16, not {dtype!r}")
         if seconds <= 0 or warmup < 0:
@@ -55,7 +48,7 @@ def register(app: typer.Typer) -> None:
         def job():
             import torch
 
-            from hyctas_dsl.commands.eval import load_weights
+            from hyctas_dsl.run.weights import load_weights
             from hyctas_dsl.compiler import export
             from hyctas_dsl.run.bench import bench, bench_interleaved, format_rows, resolve_device
             from hyctas_dsl.run.config import ConfigError
@@ -83,15 +76,4 @@ def register(app: typer.Typer) -> None:
                            f"(interleaved, 3 rounds)")
             typer.echo(f"protocol: {lats[0].protocol}")
 
-        def guarded():
-            try:
-                return job()
-            except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                if not isinstance(e, MemoryError) and "alloc" not in msg.lower() and "out of memory" not in msg.lower():
-                    raise
-                typer.echo(f"hyctas: error: out of memory at {size[0]}x{size[1]} on {device}: {msg[:200]} "
-                           "(try a smaller --input)", err=True)
-                raise typer.Exit(1) from None
-
-        run_cli_job(guarded)
+        run_cli_job(job, memory=f"at {size[0]}x{size[1]} on {device} (try a smaller --input)")

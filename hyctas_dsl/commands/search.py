@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from hyctas_dsl.commands.train_supernet import run_cli_job, size_option
+from hyctas_dsl.cli_support import fail_usage, job_config, run_cli_job, size_option
 
 SEARCH_HELP = """Search a trained supernet with NSGA-II (paper section 3.4, Algorithm 1) and write
 the Pareto front back as .hy files, with what was measured in their `meta`.
@@ -48,25 +48,26 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue the searches checkpointed in OUT."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
+        from hyctas_dsl.run.config import SearchConfig
+
+        nbs: Optional[List[int]] = None
+        if branches is not None:
+            try:
+                nbs = [int(x) for x in branches.split(",") if x.strip()]
+            except ValueError:
+                raise fail_usage(f"--branches takes numbers like 1,2,3, not {branches!r}") from None
+        cfg = job_config(SearchConfig, "search", config, dict(
+            out=emit_dsl, supernet=supernet, data=data, objective=objective, branches=nbs,
+            population=population, generations=generations, crossover=crossover, mutation=mutation,
+            miou_min=miou_min, bn_images=bn_images, val_images=val_images, latency_seconds=latency_seconds,
+            latency_input=size_option(latency_input, "--latency-input"), seed=seed, device=device,
+        ))
+
         def job():
-            from hyctas_dsl.run.config import ConfigError, SearchConfig, load_config, merge
             from hyctas_dsl.run.search import search
 
-            nbs: Optional[List[int]] = None
-            if branches is not None:
-                try:
-                    nbs = [int(x) for x in branches.split(",") if x.strip()]
-                except ValueError:
-                    raise ConfigError(f"--branches takes numbers like 1,2,3, not {branches!r}") from None
-            tables = load_config(config)
-            cfg = merge(SearchConfig, config, tables.get("search", {}), dict(
-                out=emit_dsl, supernet=supernet, data=data, objective=objective, branches=nbs,
-                population=population, generations=generations, crossover=crossover, mutation=mutation,
-                miou_min=miou_min, bn_images=bn_images, val_images=val_images, latency_seconds=latency_seconds,
-                latency_input=size_option(latency_input, "--latency-input"), seed=seed, device=device,
-            ))
             res = search(cfg, resume=resume, progress=not quiet)
             typer.echo(f"search: {res.evaluated} candidates evaluated in {res.seconds:.0f} s; "
                        f"{len(res.files)} Pareto members written to {res.out}/ (candidates.csv, pareto.png, summary.json)")
 
-        run_cli_job(job)
+        run_cli_job(job, memory="(try a smaller --latency-input or fewer --bn-images)")

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.commands.compile import parse_size
+from hyctas_dsl.cli_support import job_config, run_cli_job, size_option
 
 SUPERNET_HELP = """Train a weight-sharing supernet: one subnet sampled per step with the branch
 prior of eq. 2, SGD (momentum 0.9, weight decay 5e-4), lr 0.02 decaying by 0.992 (the paper);
@@ -22,50 +22,6 @@ Every option can also come from a TOML file (--config), table [supernet]; option
 the command line win. The run directory gets supernet.safetensors (for `hyctas search`),
 checkpoint.safetensors (for --resume), config.json and log.jsonl.
 """
-
-
-def run_cli_job(job):
-    """Run a long job, turning the user's mistakes into one-line errors (exit 2), located
-    language errors (exit 1) and divergence (exit 1) without tracebacks."""
-    from hyctas_dsl.data import DataError
-    from hyctas_dsl.errors import HyctasError
-    from hyctas_dsl.run.config import ConfigError
-    from hyctas_dsl.run.supernet import ResumeMismatch, TrainingDiverged
-
-    try:
-        return job()
-    except HyctasError as e:
-        if all(d.code == "HY409" for d in e.diagnostics):
-            typer.echo(f"hyctas: error: {e.diagnostics[0].headline()}", err=True)
-            raise typer.Exit(2) from None
-        typer.echo(e.render(), err=True)
-        raise typer.Exit(1) from None
-    except (ConfigError, ResumeMismatch, DataError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        typer.echo(f"hyctas: error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except TrainingDiverged as e:
-        typer.echo(f"hyctas: training diverged: {e}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        typer.echo("hyctas: interrupted; the last checkpoint is kept (use --resume)", err=True)
-        raise typer.Exit(130) from None
-
-
-def size_option(text: Optional[str], name: str) -> Optional[tuple[int, int]]:
-    if text is None:
-        return None
-    try:
-        return parse_size(text)
-    except ValueError:
-        typer.echo(f"hyctas: error: {name} must be HEIGHTxWIDTH, like 64x64, not {text!r}", err=True)
-        raise typer.Exit(2) from None
-
-
-def supernet_config(config: Optional[str], overrides: dict):
-    from hyctas_dsl.run.config import SupernetConfig, load_config, merge
-
-    tables = load_config(config)
-    return merge(SupernetConfig, config, tables.get("supernet", {}), overrides)
 
 
 def register(app: typer.Typer) -> None:
@@ -89,15 +45,19 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
+        from hyctas_dsl.run.config import SupernetConfig
+
+        # Every option is checked before any work starts.
+        cfg = job_config(SupernetConfig, "supernet", config, dict(
+            space=space, data=data, out=out, steps=steps, batch=batch, crop=size_option(crop, "--crop"),
+            optimizer=optimizer, lr=lr, lr_decay=lr_decay, decay_every=decay_every, seed=seed,
+            checkpoint_every=checkpoint_every, workers=workers, device=device,
+        ))
+
         def job():
             from hyctas_dsl.run.supernet import train_supernet
 
-            cfg = supernet_config(config, dict(
-                space=space, data=data, out=out, steps=steps, batch=batch, crop=size_option(crop, "--crop"),
-                optimizer=optimizer, lr=lr, lr_decay=lr_decay, decay_every=decay_every, seed=seed,
-                checkpoint_every=checkpoint_every, workers=workers, device=device,
-            ))
             res = train_supernet(cfg, resume=resume, progress=not quiet)
             typer.echo(f"supernet: {res.steps} steps, final loss {res.final_loss:.3f}, {res.seconds:.0f} s -> {res.out}/supernet.safetensors")
 
-        run_cli_job(job)
+        run_cli_job(job, memory="(try a smaller --batch or --crop)")

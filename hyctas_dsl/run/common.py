@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hyctas_dsl.ast import Space
 from hyctas_dsl.errors import HyctasError
+from hyctas_dsl.run.errors import ResumeMismatch, TrainingDiverged
 
 __all__ = ["resolve_space", "StepBatches", "StepDataset", "step_loader", "seg_loss", "IGNORE",
            "make_optimizer", "optimizer_tensors", "load_optimizer_tensors", "TrainingDiverged",
@@ -151,14 +152,6 @@ def load_optimizer_tensors(model: torch.nn.Module, optimizer, tensors: dict[str,
         key, pname = name.split(".", 1)
         device = params[pname].device if key != "step" else value.device
         optimizer.state[params[pname]][key] = value.to(device)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class ResumeMismatch(ValueError):
-    """``--resume`` with options that would not continue the same run."""
 
 
 def check_finite(loss: float, step: int, checkpoint: Path, lr: float) -> None:

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyctas_dsl.run.io import atomic_path, write_json, write_text
+from hyctas_dsl.fileio import atomic_path, write_text_atomic
+from hyctas_dsl.run.io import write_json
 
 __all__ = ["EvalResult", "evaluate", "predict", "picture_grid", "write_confusion", "format_table"]
 
@@ -153,7 +154,7 @@ def write_confusion(cm, classes: Sequence[str], out: str | Path) -> tuple[Path, 
             np.save(f, cm.matrix)
     rows = ["truth\\pred," + ",".join(classes)]
     rows += [f"{name}," + ",".join(str(int(v)) for v in row) for name, row in zip(classes, cm.matrix)]
-    write_text(csv, "\n".join(rows) + "\n")
+    write_text_atomic(csv, "\n".join(rows) + "\n")
     return npy, csv
 
 

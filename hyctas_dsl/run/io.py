@@ -13,15 +13,11 @@ from typing import Any
 
 from hyctas_dsl.fileio import atomic_path, write_text_atomic
 
-__all__ = ["atomic_path", "write_json", "read_json", "environment", "write_text"]
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    write_text_atomic(path, text)
+__all__ = ["atomic_path", "write_json", "read_json", "environment"]
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -40,7 +40,6 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from hyctas_dsl.ast import Arch
@@ -56,7 +55,7 @@ from hyctas_dsl.run.common import (
     optimizer_tensors,
     step_loader,
 )
-from hyctas_dsl.run.config import _Config
+from hyctas_dsl.run.config import TrainConfig
 from hyctas_dsl.run.io import atomic_path, environment, write_json
 from hyctas_dsl.run.supernet import ResumeMismatch, _trim_log, default_workers
 
@@ -71,33 +70,6 @@ AUX_STRIDES = (16, 32)
 
 # Options that may change between a run and its resumption.
 _RESUMABLE = {"workers", "checkpoint_every", "device", "out", "eval_images"}
-
-
-class TrainConfig(_Config):
-    """Retraining (paper section 4.2 "Retrain"); defaults sized for the embedded digits."""
-
-    data: str = Field("digits", description="dataset spec: digits, cityscapes:DIR, ade20k:DIR, folder:DIR")
-    out: str = Field("runs/train", description="output directory")
-    steps: int = Field(300, ge=1, description="training steps (the paper: 186k at batch 32)")
-    batch: int = Field(8, ge=1, description="global batch (the paper: 32)")
-    crop: Optional[tuple[int, int]] = Field(None, description="training crop HxW (default: the dataset's)")
-    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (the paper) or adamw (learns short CPU budgets faster)")
-    lr: float = Field(0.005, gt=0, description="initial learning rate of the poly schedule (the paper: 0.005)")
-    power: float = Field(0.9, gt=0, description="poly power")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    drop_path: float = Field(0.2, ge=0, lt=1, description="final scheduled drop-path probability (Table 9: 0.2)")
-    aux: bool = Field(False, description="auxiliary losses on the stride-16 and stride-32 branch outputs")
-    aux_weight: float = Field(0.4, ge=0)
-    ohem: bool = Field(False, description="online hard-pixel mining")
-    ohem_thresh: float = Field(0.7, gt=0, lt=1, description="OHEM: keep pixels whose true-class probability is below this")
-    ohem_min_kept: int = Field(256, ge=1, description="OHEM: keep at least this many pixels per image")
-    amp: Literal["none", "bf16"] = "none"
-    seed: int = 0
-    checkpoint_every: int = Field(100, ge=1)
-    eval_images: int = Field(256, ge=0, description="validation images for the final mIoU (0: skip)")
-    workers: Optional[int] = Field(None, ge=0)
-    device: str = "auto"
 
 
 @dataclass

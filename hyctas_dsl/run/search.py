@@ -55,7 +55,7 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -> Se
     from hyctas_dsl.compiler.checkpoint import load_supernet
     from hyctas_dsl.cost import arch_cost
     from hyctas_dsl.data import make_datasets
-    from hyctas_dsl.nsga import SearchConfig as NSGAConfig
+    from hyctas_dsl.nsga import NSGAConfig
     from hyctas_dsl.nsga import run_search
     from hyctas_dsl.run.emit import OBJECTIVES, plot_pareto, write_candidates, write_front
     from hyctas_dsl.run.evaluate import CandidateEvaluator
