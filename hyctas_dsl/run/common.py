@@ -1,5 +1,7 @@
 """Pieces that supernet training, search and retraining share: resolving a space, the
-step-indexed batch order that makes ``--resume`` exact, and the loss."""
+step-indexed batch order that makes ``--resume`` exact, the loss, the optimizer and its
+checkpointed state, and the progress meter. The run directory around the loops (lock,
+checkpoints, resume, records) is :mod:`hyctas_dsl.run.rundir`."""
 
 from __future__ import annotations
 
@@ -13,11 +15,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hyctas_dsl.ast import Space
 from hyctas_dsl.errors import HyctasError
-from hyctas_dsl.run.errors import ResumeMismatch, TrainingDiverged
 
 __all__ = ["resolve_space", "StepBatches", "StepDataset", "step_loader", "seg_loss", "IGNORE",
-           "make_optimizer", "optimizer_tensors", "load_optimizer_tensors", "TrainingDiverged",
-           "ResumeMismatch", "check_finite", "append_log", "check_resumable", "Progress"]
+           "make_optimizer", "optimizer_tensors", "load_optimizer_tensors", "Progress"]
 
 IGNORE = 255
 
@@ -152,38 +152,6 @@ def load_optimizer_tensors(model: torch.nn.Module, optimizer, tensors: dict[str,
         key, pname = name.split(".", 1)
         device = params[pname].device if key != "step" else value.device
         optimizer.state[params[pname]][key] = value.to(device)
-
-
-def check_finite(loss: float, step: int, checkpoint: Path, lr: float) -> None:
-    """Stop a training loop at the first non-finite loss, before the optimizer step can
-    spoil the weights; the last checkpoint on disk stays the last good one."""
-    import math
-
-    if not math.isfinite(loss):
-        raise TrainingDiverged(
-            f"the loss became {loss} at step {step}; "
-            + (f"the last good checkpoint is kept in {checkpoint}" if checkpoint.exists() else "no checkpoint was written yet")
-            + f" (try a smaller --lr than {lr})"
-        )
-
-
-def append_log(path: Path, record: dict) -> None:
-    """One JSON line of a run's metrics log."""
-    import json
-
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def check_resumable(cfg, saved: dict, resumable: set[str], out: Path) -> None:
-    """``--resume`` continues a run only with the options that made it (``resumable``
-    ones, such as more steps or other workers, may change)."""
-    changed = sorted(k for k, v in cfg.model_dump(mode="json").items() if k not in resumable and saved.get(k) != v)
-    if changed:
-        raise ResumeMismatch(
-            f"{out}: cannot resume with changed option(s) {', '.join(changed)} "
-            f"(the run used {', '.join(f'{k}={saved.get(k)!r}' for k in changed)})"
-        )
 
 
 class Progress:
