@@ -1,4 +1,4 @@
-"""Search evidence on the embedded digits data (issue 4; run on purpose, not in CI).
+"""Search evidence on the embedded digits data (run on purpose, not in CI).
 
 1. Ranking fidelity, the paper's Table 1: sample subnets, train each from scratch, and
    compare with the supernet's estimate (mIoU after BN recalibration): Pearson rho and
@@ -48,7 +48,7 @@ def main() -> int:
     from hyctas_dsl.cost import arch_cost
     from hyctas_dsl.data import make_datasets
     from hyctas_dsl.genome import sample_arch
-    from hyctas_dsl.run.evaluate import CandidateEvaluator
+    from hyctas_dsl.run.candidate_eval import CandidateEvaluator
     from hyctas_dsl.run.retrain import TrainConfig, train
 
     search_dir = Path(args.search)

@@ -1,4 +1,4 @@
-"""The front end's command line: `hyctas validate`, `fmt`, `key` (issue 2).
+"""The front end's command line: `hyctas validate`, `fmt`, `key`.
 
 Exit codes: 0 valid, 1 invalid, 2 a file that cannot be read or a bad option (one line on
 stderr, never a traceback). `--json` for tools, `--space FILE`, `--help` that teaches the

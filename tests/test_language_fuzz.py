@@ -1,4 +1,4 @@
-"""Bad input never escapes as anything but HyctasError with a location (issue 2, "Bad input").
+"""Bad input never escapes as anything but HyctasError with a location.
 
 Thousands of inputs: seeded random mutations of the zoo (delete, insert, duplicate, swap
 characters and tokens; numbers made huge, negative, fractional or infinite), hypothesis text

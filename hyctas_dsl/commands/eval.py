@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         def job():
             from hyctas_dsl.data import make_datasets
             from hyctas_dsl.run import dist
-            from hyctas_dsl.run.evaluation import evaluate, format_table, save_eval
+            from hyctas_dsl.run.dataset_eval import evaluate, format_table, save_eval
             from hyctas_dsl.run.weights import load_weights
 
             info = dist.init(device)

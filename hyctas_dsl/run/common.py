@@ -17,7 +17,7 @@ from hyctas_dsl.ast import Space
 from hyctas_dsl.errors import HyctasError
 
 __all__ = ["resolve_space", "StepBatches", "StepDataset", "step_loader", "seg_loss", "IGNORE",
-           "make_optimizer", "optimizer_tensors", "load_optimizer_tensors", "Progress"]
+           "make_optimizer", "optimizer_tensors", "load_optimizer_tensors", "Progress", "image_batches"]
 
 IGNORE = 255
 
@@ -111,6 +111,21 @@ def step_loader(dataset, batch: int, seed: int, start: int, stop: int, rank: int
 
 def _one_thread(_worker: int) -> None:
     torch.set_num_threads(1)
+
+
+def image_batches(dataset, indices: list[int], batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Evaluation batches (images, labels) of ``dataset`` at ``indices`` in order: up to
+    ``batch`` consecutive images of one size, stacked without padding (padding would change
+    predictions near the border). Shared by dataset evaluation and candidate scoring."""
+    buf: list = []
+    for i in indices:
+        x, y = dataset.get(i, 0)
+        if buf and (x.shape != buf[0][0].shape or len(buf) == batch):
+            yield torch.stack([b[0] for b in buf]), torch.stack([b[1] for b in buf])
+            buf = []
+        buf.append((x, y))
+    if buf:
+        yield torch.stack([b[0] for b in buf]), torch.stack([b[1] for b in buf])
 
 
 def seg_loss(logits: torch.Tensor, labels: torch.Tensor, normalizer: float | None = None) -> torch.Tensor:

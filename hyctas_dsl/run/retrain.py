@@ -298,7 +298,7 @@ def _final_eval(cfg: TrainConfig, net: nn.Module, val_set, info, out: Path, step
     """Single-scale validation mIoU of the finished network, split over ranks."""
     if cfg.eval_images == 0:
         return None
-    from hyctas_dsl.run.evaluation import evaluate
+    from hyctas_dsl.run.dataset_eval import evaluate
 
     n = min(cfg.eval_images, len(val_set))
     res = evaluate(net, val_set, indices=list(range(n)), device=info.device, dist_info=info)

@@ -68,7 +68,7 @@ def _search(cfg: SearchConfig, resume: bool, progress: bool) -> SearchSummary:
     from hyctas_dsl.nsga import NSGAConfig
     from hyctas_dsl.nsga import run_search
     from hyctas_dsl.run.emit import OBJECTIVES
-    from hyctas_dsl.run.evaluate import CandidateEvaluator
+    from hyctas_dsl.run.candidate_eval import CandidateEvaluator
     from hyctas_dsl.run.latency import measure_latency
     from hyctas_dsl.run.latency_lut import LatencyLUT
 
