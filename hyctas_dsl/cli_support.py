@@ -218,9 +218,11 @@ def exit_code_for(e: BaseException, memory: str = "") -> int:
     if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
         say(f"error: {e.strerror + ': ' + str(e.filename) if e.filename and e.strerror else e}")
         return 2
-    if isinstance(e, OSError) and e.errno is not None and e.errno in (28, 122):  # ENOSPC, EDQUOT
-        say(f"error: no space left on the device writing {e.filename or 'the output'}; free some space and rerun"
-            " (a run continues with --resume)")
+    # ENOSPC, EDQUOT; safetensors reports a full disk as its own error with the OS message
+    if (isinstance(e, OSError) and e.errno in (28, 122)) or "No space left on device" in str(e):
+        where = getattr(e, "filename", None) or "the output"
+        say(f"error: no space left on the device writing {where}; free some space and rerun"
+            " (a run continues from its last checkpoint with --resume)")
         return 2
     if isinstance(e, KeyboardInterrupt):
         say("interrupted; the last checkpoint is kept (use --resume)")
