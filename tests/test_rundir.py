@@ -11,19 +11,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
 
-torch = pytest.importorskip("torch", reason="the run directory's jobs need the [train] extra (torch)")
-
-from safetensors.torch import load_file  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
-
-from hyctas_dsl import fileio  # noqa: E402
-from hyctas_dsl.cli import _register_commands, app  # noqa: E402
-from hyctas_dsl.run.config import SupernetConfig  # noqa: E402
-from hyctas_dsl.run.errors import ResumeMismatch, RunDirError, TrainingDiverged  # noqa: E402
-from hyctas_dsl.run.rundir import RunDir  # noqa: E402
-from hyctas_dsl.run.supernet import train_supernet  # noqa: E402
-from tests.conftest import IN_CI, ROOT  # noqa: E402
+from hyctas_dsl import fileio
+from hyctas_dsl.cli import _register_commands, app
+from hyctas_dsl.run.config import SupernetConfig
+from hyctas_dsl.run.errors import ResumeMismatch, RunDirError, TrainingDiverged
+from hyctas_dsl.run.rundir import RunDir
+from hyctas_dsl.run.supernet import train_supernet
+from tests.conftest import IN_CI, ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
