@@ -342,6 +342,9 @@ class _Builder:
                 if isinstance(total, float) and not math.isfinite(total):
                     self.error("HY003", f"the memory limit `{amount} {unit}` is out of range", amount)
                     continue
+                if total < 1:  # it is kept in whole bytes: less than one would print as `0 B`
+                    self.error("HY003", f"the memory limit `{amount} {unit}` is less than one byte", amount)
+                    continue
                 fields[key] = MemoryLimit(bytes=int(total), batch=b, crop=(h, w), span=_span_of(item))
         required = ("filters", "layers", "strides", "ops", "widths", "branch_prior", "heads", "output_strides")
         missing = [k for k in required if k not in fields]
