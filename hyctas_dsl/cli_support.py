@@ -13,6 +13,7 @@ one line on standard error, the full traceback written to a file); 130 interrupt
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -30,13 +31,18 @@ from hyctas_dsl.parser import parse
 from hyctas_dsl.validate import check_module
 
 __all__ = ["fail_usage", "read_source", "load_space", "load_checked", "pick", "load_arch", "parse_size",
-           "size_option", "job_config", "run_cli_job", "exit_code_for", "INSTALL_TRAIN"]
+           "size_option", "out_dir_option", "job_config", "run_cli_job", "exit_code_for", "INSTALL_TRAIN"]
 
 T = TypeVar("T")
 
 INSTALL_TRAIN = "install hyctas[train] (pip install 'hyctas[train]')"
 # Packages of the [train] extra: a missing one is the user's install, not a bug.
 _TRAIN_EXTRA = {"torch", "safetensors", "onnx", "onnxscript", "onnxruntime", "sklearn", "PIL", "matplotlib", "tqdm"}
+
+
+# Files and directories the user named that cannot be used: their mistake (exit 2), not a bug.
+_USER_ERRNOS = {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS,
+                errno.ENAMETOOLONG, errno.ELOOP}
 
 
 def fail_usage(message: str) -> "typer.Exit":
@@ -145,6 +151,20 @@ def size_option(text: Optional[str], option: str) -> Optional[tuple[int, int]]:
         raise fail_usage(str(e)) from None
 
 
+def out_dir_option(path: Optional[str], option: str = "--out") -> None:
+    """A directory a command will create or write into: one that is a file, or lies below
+    a file, exits 2 before any work starts."""
+    if path is None:
+        return
+    p = Path(path)
+    for q in [p, *p.parents]:
+        if q.exists():
+            if not q.is_dir():
+                where = "is a file" if q == p else f"is below the file {q}"
+                raise fail_usage(f"{option} {path}: {where}; choose a directory")
+            return
+
+
 def job_config(model: type[T], table: str, config: Optional[str], overrides: dict[str, Any]) -> T:
     """A long job's config: the pydantic model's defaults < the ``[table]`` of the TOML file
     ``config`` < command-line options (those given). Errors exit 2 with one line naming the
@@ -215,8 +235,8 @@ def exit_code_for(e: BaseException, memory: str = "") -> int:
     if isinstance(e, (ConfigError, JobError, DataError)):
         say(f"error: {e}")
         return 2
-    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
-        say(f"error: {e.strerror + ': ' + str(e.filename) if e.filename and e.strerror else e}")
+    if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
+        say(f"error: {e.filename}: {e.strerror}" if e.filename and e.strerror else f"error: {e}")
         return 2
     # ENOSPC, EDQUOT; safetensors reports a full disk as its own error with the OS message
     if (isinstance(e, OSError) and e.errno in (28, 122)) or "No space left on device" in str(e):

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.cli_support import fail_usage, load_arch, run_cli_job
+from hyctas_dsl.cli_support import fail_usage, load_arch, out_dir_option, run_cli_job
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
         scale_list = parse_scales(scales)
         if images is not None and images < 1:
             raise fail_usage("--images must be at least 1")
+        out_dir_option(out)
         arch, _text = load_arch(file, arch_name, space)
 
         def job():

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from hyctas_dsl.cli_support import fail_usage, job_config, run_cli_job, size_option
+from hyctas_dsl.cli_support import fail_usage, job_config, out_dir_option, run_cli_job, size_option
 
 SEARCH_HELP = """Search a trained supernet with NSGA-II (paper section 3.4, Algorithm 1) and write
 the Pareto front back as .hy files, with what was measured in their `meta`.
@@ -63,6 +63,7 @@ def register(app: typer.Typer) -> None:
             latency_input=size_option(latency_input, "--latency-input"), seed=seed, device=device,
         ))
 
+        out_dir_option(cfg.out, "--emit-dsl")
         def job():
             from hyctas_dsl.run.search import search
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.cli_support import job_config, load_arch, run_cli_job, size_option
+from hyctas_dsl.cli_support import job_config, load_arch, out_dir_option, run_cli_job, size_option
 from hyctas_dsl.run.config import TrainConfig
 
 TRAIN_HELP = """Retrain an architecture from scratch (paper section 4.2 "Retrain"): SGD (momentum
@@ -65,6 +65,7 @@ def register(app: typer.Typer) -> None:
             drop_path=drop_path, aux=aux, ohem=ohem, amp=amp, seed=seed, checkpoint_every=checkpoint_every,
             eval_images=eval_images, workers=workers, device=device,
         ))
+        out_dir_option(cfg.out)
         arch, _text = load_arch(file, arch_name, space)
 
         def job():

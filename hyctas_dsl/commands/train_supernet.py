@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.cli_support import job_config, run_cli_job, size_option
+from hyctas_dsl.cli_support import job_config, out_dir_option, run_cli_job, size_option
 
 SUPERNET_HELP = """Train a weight-sharing supernet: one subnet sampled per step with the branch
 prior of eq. 2, SGD (momentum 0.9, weight decay 5e-4), lr 0.02 decaying by 0.992 (the paper);
@@ -54,6 +54,7 @@ def register(app: typer.Typer) -> None:
             checkpoint_every=checkpoint_every, workers=workers, device=device,
         ))
 
+        out_dir_option(cfg.out)
         def job():
             from hyctas_dsl.run.supernet import train_supernet
 

@@ -74,8 +74,10 @@ class RunDir:
     format (a run resumes only from its own kind); ``finals`` are the artefacts written when
     the run finishes; ``main`` is False on torchrun ranks other than 0."""
 
-    def __init__(self, out: str | os.PathLike, command: str, fmt: str, finals: tuple[str, ...] = (), main: bool = True):
+    def __init__(self, out: str | os.PathLike, command: str, fmt: str, finals: tuple[str, ...] = (), main: bool = True,
+                 option: str = "--out"):
         self.out = Path(out)
+        self.option = option  # how the user named the directory, for messages
         self.command, self.fmt, self.finals, self.main = command, fmt, finals, main
         self.checkpoint_path = self.out / CHECKPOINT
         self.log_path = self.out / LOG
@@ -106,7 +108,8 @@ class RunDir:
         except BlockingIOError:
             holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise RunDirError(f"{self.out} is in use by another run ({holder}); wait for it to finish or choose another --out") from None
+            raise RunDirError(f"{self.out} is in use by another run ({holder}); wait for it to finish or choose another "
+                              f"{self.option}") from None
         self._lock_fd = fd
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, `hyctas {self.command}` since "
@@ -125,16 +128,16 @@ class RunDir:
             if p.exists():
                 if not p.is_dir():
                     where = "is a file" if p == self.out else f"is below the file {p}"
-                    raise RunDirError(f"--out {self.out}: {where}; choose a directory")
+                    raise RunDirError(f"{self.option} {self.out}: {where}; choose a directory")
                 if not os.access(p, os.W_OK | os.X_OK) and p == self.out:
-                    raise RunDirError(f"--out {self.out}: the directory is not writable")
+                    raise RunDirError(f"{self.option} {self.out}: the directory is not writable")
                 break
 
     def _path_error(self, e: OSError) -> RunDirError:
         reason = {errno.EROFS: "on a read-only file system", errno.EACCES: "not writable (permission denied)",
                   errno.EPERM: "not writable (permission denied)", errno.ENOSPC: "no space left on the device",
                   errno.ENOTDIR: "a part of the path is a file"}.get(e.errno, e.strerror or str(e))
-        return RunDirError(f"--out {self.out}: {reason}")
+        return RunDirError(f"{self.option} {self.out}: {reason}")
 
     def _remove_temporaries(self) -> None:
         for p in self.out.iterdir():

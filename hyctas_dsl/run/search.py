@@ -56,7 +56,7 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -> Se
     from hyctas_dsl.run.rundir import RunDir
 
     info = dist.init(cfg.device)
-    with RunDir(cfg.out, "search", "hyctas-search-1", main=info.is_main):
+    with RunDir(cfg.out, "search", "hyctas-search-1", main=info.is_main, option="--emit-dsl"):
         return _search(cfg, resume, progress)
 
 
