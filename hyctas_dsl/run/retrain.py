@@ -47,7 +47,7 @@ from hyctas_dsl.run import dist
 from hyctas_dsl.run.common import IGNORE, Progress, make_optimizer, step_loader
 from hyctas_dsl.run.config import TrainConfig
 from hyctas_dsl.run.errors import JobError
-from hyctas_dsl.run.io import atomic_path
+from hyctas_dsl.fileio import atomic_path
 from hyctas_dsl.run.rundir import CHECKPOINT, RunDir
 from hyctas_dsl.run.supernet import default_workers
 
