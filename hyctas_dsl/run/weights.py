@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from hyctas_dsl.run.errors import ConfigError
 
 __all__ = ["weights_path", "load_weights"]
@@ -43,7 +41,9 @@ def load_weights(weights: str, arch, classes: Optional[int] = None):
     if classes is not None and classes != n:
         raise ConfigError(f"{weights}: the model predicts {n} classes, but the data has {classes}")
     model = load_model(path).eval()
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    from hyctas_dsl.run.rundir import is_finite
+
+    bad = [k for k, v in model.state_dict().items() if not is_finite(v)]
     if bad:
         raise ConfigError(f"{weights}: {len(bad)} tensor(s) hold NaN or infinite values (first: {bad[0]}); "
                           "these weights come from a diverged run")
