@@ -31,7 +31,7 @@ from hyctas_dsl.parser import parse
 from hyctas_dsl.validate import check_module
 
 __all__ = ["fail_usage", "read_source", "load_space", "load_checked", "pick", "load_arch", "parse_size",
-           "size_option", "out_dir_option", "job_config", "run_cli_job", "exit_code_for", "INSTALL_TRAIN"]
+           "size_option", "out_dir_option", "default_help", "job_config", "run_cli_job", "exit_code_for", "INSTALL_TRAIN"]
 
 T = TypeVar("T")
 
@@ -163,6 +163,15 @@ def out_dir_option(path: Optional[str], option: str = "--out") -> None:
                 where = "is a file" if q == p else f"is below the file {q}"
                 raise fail_usage(f"{option} {path}: {where}; choose a directory")
             return
+
+
+def default_help(model: type, field: str, note: str = "") -> str:
+    """``[default: X]`` for an option's help, read from the config model, where the default
+    is kept (once)."""
+    value = model.model_fields[field].get_default(call_default_factory=True)
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    return f"[default: {value}{'; ' + note if note else ''}]"
 
 
 def job_config(model: type[T], table: str, config: Optional[str], overrides: dict[str, Any]) -> T:

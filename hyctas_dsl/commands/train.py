@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.cli_support import job_config, load_arch, out_dir_option, run_cli_job, size_option
+from hyctas_dsl.cli_support import default_help, job_config, load_arch, out_dir_option, run_cli_job, size_option
 from hyctas_dsl.run.config import TrainConfig
 
 TRAIN_HELP = """Retrain an architecture from scratch (paper section 4.2 "Retrain"): SGD (momentum
@@ -26,34 +26,28 @@ command line win. The run directory gets model.safetensors (for eval/export/benc
 """
 
 
-def _d(field: str) -> str:
-    """The default of a TrainConfig field for the help text (kept once, in the model)."""
-    value = TrainConfig.model_fields[field].default
-    return f"[default: {value}]"
-
-
 def register(app: typer.Typer) -> None:
     @app.command("train", help=TRAIN_HELP)
     def train_cmd(
         file: str = typer.Argument(..., help="Source file (.hy) holding the arch."),
         arch_name: Optional[str] = typer.Option(None, "--arch", help="Which arch of the file (default: the only one)."),
         space: Optional[str] = typer.Option(None, "--space", help="Validate against this space file (default: as `hyctas validate`)."),
-        data: Optional[str] = typer.Option(None, "--data", help=f"digits | cityscapes:DIR | ade20k:DIR | folder:DIR {_d('data')}."),
-        out: Optional[str] = typer.Option(None, "--out", help=f"Run directory {_d('out')}."),
-        steps: Optional[int] = typer.Option(None, "--steps", help=f"Training steps (the paper: 186k) {_d('steps')}."),
-        batch: Optional[int] = typer.Option(None, "--batch", help=f"Global batch (the paper: 32) {_d('batch')}."),
+        data: Optional[str] = typer.Option(None, "--data", help=f"digits | cityscapes:DIR | ade20k:DIR | folder:DIR {default_help(TrainConfig, 'data')}."),
+        out: Optional[str] = typer.Option(None, "--out", help=f"Run directory {default_help(TrainConfig, 'out')}."),
+        steps: Optional[int] = typer.Option(None, "--steps", help=f"Training steps (the paper: 186k) {default_help(TrainConfig, 'steps')}."),
+        batch: Optional[int] = typer.Option(None, "--batch", help=f"Global batch (the paper: 32) {default_help(TrainConfig, 'batch')}."),
         crop: Optional[str] = typer.Option(None, "--crop", help="Training crop HxW [default: the data's]."),
-        optimizer: Optional[str] = typer.Option(None, "--optimizer", help=f"sgd (the paper) or adamw (learns short CPU budgets faster) {_d('optimizer')}."),
-        lr: Optional[float] = typer.Option(None, "--lr", help=f"Initial learning rate of the poly schedule {_d('lr')}."),
-        drop_path: Optional[float] = typer.Option(None, "--drop-path", help=f"Final scheduled drop-path probability (Table 9) {_d('drop_path')}."),
-        aux: Optional[bool] = typer.Option(None, "--aux/--no-aux", help=f"Auxiliary losses on the stride-16/32 branch outputs {_d('aux')}.", show_default=False),
-        ohem: Optional[bool] = typer.Option(None, "--ohem/--no-ohem", help=f"Online hard-pixel mining {_d('ohem')}.", show_default=False),
-        amp: Optional[str] = typer.Option(None, "--amp", help=f"none | bf16 (autocast) {_d('amp')}."),
-        seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of initialisation, data order and drop path {_d('seed')}."),
-        checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help=f"Steps between checkpoints {_d('checkpoint_every')}."),
-        eval_images: Optional[int] = typer.Option(None, "--eval-images", help=f"Validation images for the final mIoU (0: skip) {_d('eval_images')}."),
+        optimizer: Optional[str] = typer.Option(None, "--optimizer", help=f"sgd (the paper) or adamw (learns short CPU budgets faster) {default_help(TrainConfig, 'optimizer')}."),
+        lr: Optional[float] = typer.Option(None, "--lr", help=f"Initial learning rate of the poly schedule {default_help(TrainConfig, 'lr')}."),
+        drop_path: Optional[float] = typer.Option(None, "--drop-path", help=f"Final scheduled drop-path probability (Table 9) {default_help(TrainConfig, 'drop_path')}."),
+        aux: Optional[bool] = typer.Option(None, "--aux/--no-aux", help=f"Auxiliary losses on the stride-16/32 branch outputs {default_help(TrainConfig, 'aux')}.", show_default=False),
+        ohem: Optional[bool] = typer.Option(None, "--ohem/--no-ohem", help=f"Online hard-pixel mining {default_help(TrainConfig, 'ohem')}.", show_default=False),
+        amp: Optional[str] = typer.Option(None, "--amp", help=f"none | bf16 (autocast) {default_help(TrainConfig, 'amp')}."),
+        seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of initialisation, data order and drop path {default_help(TrainConfig, 'seed')}."),
+        checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help=f"Steps between checkpoints {default_help(TrainConfig, 'checkpoint_every')}."),
+        eval_images: Optional[int] = typer.Option(None, "--eval-images", help=f"Validation images for the final mIoU (0: skip) {default_help(TrainConfig, 'eval_images')}."),
         workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers [default: 0 for digits, else 2]."),
-        device: Optional[str] = typer.Option(None, "--device", help=f"auto | cpu | cuda {_d('device')}."),
+        device: Optional[str] = typer.Option(None, "--device", help=f"auto | cpu | cuda {default_help(TrainConfig, 'device')}."),
         config: Optional[str] = typer.Option(None, "--config", help="TOML file with a [train] table."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
         stop_after: Optional[int] = typer.Option(None, "--stop-after", hidden=True, help="Stop after this step (as an interruption would)."),

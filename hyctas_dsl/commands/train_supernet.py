@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.cli_support import job_config, out_dir_option, run_cli_job, size_option
+from hyctas_dsl.cli_support import default_help, job_config, out_dir_option, run_cli_job, size_option
+from hyctas_dsl.run.config import SupernetConfig
 
 SUPERNET_HELP = """Train a weight-sharing supernet: one subnet sampled per step with the branch
 prior of eq. 2, SGD (momentum 0.9, weight decay 5e-4), lr 0.02 decaying by 0.992 (the paper);
@@ -27,26 +28,24 @@ checkpoint.safetensors (for --resume), config.json and log.jsonl.
 def register(app: typer.Typer) -> None:
     @app.command("train-supernet", help=SUPERNET_HELP)
     def train_supernet_cmd(
-        space: Optional[str] = typer.Option(None, "--space", help="Space file, or `digits` / `paper` from archs/ [default: digits]."),
-        data: Optional[str] = typer.Option(None, "--data", help="digits | cityscapes:DIR | ade20k:DIR | folder:DIR [default: digits]."),
-        out: Optional[str] = typer.Option(None, "--out", help="Run directory [default: runs/supernet]."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Training steps [default: 3000]."),
-        batch: Optional[int] = typer.Option(None, "--batch", help="Global batch [default: 16]."),
+        space: Optional[str] = typer.Option(None, "--space", help=f"Space file, or `digits` / `paper` from archs/ {default_help(SupernetConfig, 'space')}."),
+        data: Optional[str] = typer.Option(None, "--data", help=f"digits | cityscapes:DIR | ade20k:DIR | folder:DIR {default_help(SupernetConfig, 'data')}."),
+        out: Optional[str] = typer.Option(None, "--out", help=f"Run directory {default_help(SupernetConfig, 'out')}."),
+        steps: Optional[int] = typer.Option(None, "--steps", help=f"Training steps {default_help(SupernetConfig, 'steps')}."),
+        batch: Optional[int] = typer.Option(None, "--batch", help=f"Global batch {default_help(SupernetConfig, 'batch')}."),
         crop: Optional[str] = typer.Option(None, "--crop", help="Training crop HxW [default: the data's]."),
         optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd (the paper) | adamw [default: sgd; adamw on the embedded digits]."),
         lr: Optional[float] = typer.Option(None, "--lr", help="Initial learning rate [default: 0.02 for sgd, 0.003 for adamw]."),
-        lr_decay: Optional[float] = typer.Option(None, "--lr-decay", help="Exponential decay [default: 0.992]."),
-        decay_every: Optional[int] = typer.Option(None, "--decay-every", help="Steps per decay [default: 30]."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of subnets, data order and init [default: 0]."),
-        checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints [default: 100]."),
+        lr_decay: Optional[float] = typer.Option(None, "--lr-decay", help=f"Exponential decay {default_help(SupernetConfig, 'lr_decay')}."),
+        decay_every: Optional[int] = typer.Option(None, "--decay-every", help=f"Steps per decay {default_help(SupernetConfig, 'decay_every')}."),
+        seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of subnets, data order and init {default_help(SupernetConfig, 'seed')}."),
+        checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help=f"Steps between checkpoints {default_help(SupernetConfig, 'checkpoint_every')}."),
         workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers [default: 0 for digits, else 2]."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda [default: auto]."),
+        device: Optional[str] = typer.Option(None, "--device", help=f"auto | cpu | cuda {default_help(SupernetConfig, 'device')}."),
         config: Optional[str] = typer.Option(None, "--config", help="TOML file with a [supernet] table."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        from hyctas_dsl.run.config import SupernetConfig
-
         # Every option is checked before any work starts.
         cfg = job_config(SupernetConfig, "supernet", config, dict(
             space=space, data=data, out=out, steps=steps, batch=batch, crop=size_option(crop, "--crop"),
