@@ -31,9 +31,13 @@ from hyctas_dsl.parser import parse
 from hyctas_dsl.validate import check_module
 
 __all__ = ["fail_usage", "read_source", "load_space", "load_checked", "pick", "load_arch", "parse_size",
-           "size_option", "out_dir_option", "default_help", "job_config", "run_cli_job", "exit_code_for", "INSTALL_TRAIN"]
+           "size_option", "out_dir_option", "default_help", "job_config", "MAX_CLASSES", "run_cli_job", "exit_code_for", "INSTALL_TRAIN"]
 
 T = TypeVar("T")
+
+# Output classes a command accepts: far above any segmentation data set (ADE20K: 150), far
+# below what would overflow a tensor size.
+MAX_CLASSES = 10_000
 
 INSTALL_TRAIN = "install hyctas[train] (pip install 'hyctas[train]')"
 # Packages of the [train] extra: a missing one is the user's install, not a bug.

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.cli_support import fail_usage, load_arch, run_cli_job, size_option
+from hyctas_dsl.cli_support import MAX_CLASSES, fail_usage, load_arch, run_cli_job, size_option
 
 
 def register(app: typer.Typer) -> None:
@@ -38,10 +38,10 @@ def register(app: typer.Typer) -> None:
         size = size_option(input_size, "--input")
         if dtype not in ("fp32", "bf16", "fp16"):
             raise fail_usage(f"--dtype must be fp32, bf16 or fp16, not {dtype!r}")
-        if seconds <= 0 or warmup < 0:
-            raise fail_usage("--seconds must be positive and --warmup not negative")
-        if classes < 1:
-            raise fail_usage(f"--classes must be positive, not {classes}")
+        if not (0 < seconds <= 3600 and 0 <= warmup <= 3600):  # NaN fails too; inf would time forever
+            raise fail_usage("--seconds must lie in (0, 3600] and --warmup in [0, 3600]")
+        if not 1 <= classes <= MAX_CLASSES:
+            raise fail_usage(f"--classes must lie in 1..{MAX_CLASSES}, not {classes}")
         arch, _ = load_arch(file, arch_name, space)
         other = load_arch(compare, None, space)[0] if compare else None
 

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from hyctas_dsl.cli_support import fail_usage, load_checked, load_space, pick, run_cli_job, size_option
+from hyctas_dsl.cli_support import MAX_CLASSES, fail_usage, load_checked, load_space, pick, run_cli_job, size_option
 
 # The suffixes --export takes (compiler/artifacts.py writes them); kept here so that checking
 # the options needs no torch.
@@ -42,8 +42,8 @@ def register(app: typer.Typer) -> None:
         unreadable files and bad options.
         """
         size = size_option(input_size, "--input")
-        if classes is not None and classes < 1:
-            raise fail_usage(f"--classes must be a positive number, not {classes}")
+        if classes is not None and not 1 <= classes <= MAX_CLASSES:
+            raise fail_usage(f"--classes must lie in 1..{MAX_CLASSES}, not {classes}")
         outs = [Path(p) for p in export]
         for p in outs:
             if p.suffix.lower() not in EXPORTS:

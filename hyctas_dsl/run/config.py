@@ -80,9 +80,9 @@ class SupernetConfig(_Config):
     decay_every: int = Field(30, ge=1, description="steps between two decays (lr x0.992 each)")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seeds numpy generators, which take no negative seeds")
     checkpoint_every: int = Field(100, ge=1)
-    workers: Optional[int] = Field(None, ge=0, description="DataLoader workers (default: 0 for in-memory digits, else 2)")
+    workers: Optional[int] = Field(None, ge=0, le=64, description="DataLoader workers (default: 0 for in-memory digits, else 2)")
     device: str = "auto"
 
 
@@ -114,7 +114,7 @@ class SearchConfig(_Config):
     val_images: int = Field(256, ge=1, description="validation images per candidate")
     latency_seconds: float = Field(0.3, gt=0, description="timed seconds per latency measurement (the paper: 6)")
     latency_input: Optional[tuple[Pixels, Pixels]] = Field(None, description="HxW for latency (default: the data's size)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seeds numpy generators, which take no negative seeds")
     device: str = "auto"
 
 
@@ -138,10 +138,10 @@ class TrainConfig(_Config):
     ohem_thresh: float = Field(0.7, gt=0, lt=1, description="OHEM: keep pixels whose true-class probability is below this")
     ohem_min_kept: int = Field(256, ge=1, description="OHEM: keep at least this many pixels per image")
     amp: Literal["none", "bf16"] = "none"
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seeds numpy generators, which take no negative seeds")
     checkpoint_every: int = Field(100, ge=1)
     eval_images: int = Field(256, ge=0, description="validation images for the final mIoU (0: skip)")
-    workers: Optional[int] = Field(None, ge=0)
+    workers: Optional[int] = Field(None, ge=0, le=64)
     device: str = "auto"
 
 
