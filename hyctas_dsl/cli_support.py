@@ -248,7 +248,9 @@ def exit_code_for(e: BaseException, memory: str = "") -> int:
     if isinstance(e, (ConfigError, JobError, DataError)):
         say(f"error: {e}")
         return 2
-    if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)) or (
+        isinstance(e, OSError) and e.errno in _USER_ERRNOS
+    ):
         say(f"error: {e.filename}: {e.strerror}" if e.filename and e.strerror else f"error: {e}")
         return 2
     # ENOSPC, EDQUOT; safetensors reports a full disk as its own error with the OS message

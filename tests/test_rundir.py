@@ -340,3 +340,16 @@ def test_missing_optional_package_says_what_to_install(tmp_path, monkeypatch):
                                     "--export", str(tmp_path / "m.onnx")])
     assert r.exit_code == 2 and "install hyctas[train]" in r.output and "Traceback" not in r.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train-supernet", "--space", "nonexistent", "--data", DATA], "no space file `nonexistent`"),
+    (["search", "--supernet", "EMPTY", "--data", DATA], "no supernet.safetensors"),
+    (["train", str(ROOT / "archs" / "hyctas_s.hy"), "--data", DATA, "--resume"], "no checkpoint.safetensors to resume from"),
+])
+def test_missing_inputs_of_a_job_are_one_line(tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
+    out = ["--emit-dsl" if args[0] == "search" else "--out", str(tmp_path / "out")]
+    r = CliRunner().invoke(_cli(), [*args, *out, "-q"])
+    assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
