@@ -278,8 +278,10 @@ def _train(cfg: TrainConfig, arch: Arch, run: RunDir, info: dist.DistInfo, resum
                 if model.aux_strides:
                     rec["aux_loss"] = float(parts[1])
                 run.log(rec)
-            if done % cfg.checkpoint_every == 0 or done == stop:
-                run.save(model, optimizer, done, cfg, loss_value, identity)
+        # every rank checks the weights it holds, so a divergence stops them all (only rank 0 writes)
+        if done % cfg.checkpoint_every == 0 or done == stop:
+            run.save(model, optimizer, done, cfg, loss_value, identity)
+            if info.is_main:
                 plot_curve(out / "log.jsonl", out / "curve.png", arch.name)
     meter.close()
     dist.barrier(info)

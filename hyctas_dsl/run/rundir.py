@@ -294,7 +294,8 @@ class RunDir:
         bad = _nonfinite(state.items()) or _nonfinite(optim.items())
         if bad:
             raise self._diverged_error(f"`{bad}` became NaN or infinite by step {step - 1}", step - 1, cfg.lr)
-        if not self.main:
+        if not self.main:  # rank 0 writes what every rank holds
+            self.saved_step = step
             return
         from safetensors.torch import save_file
 

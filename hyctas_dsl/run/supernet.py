@@ -129,8 +129,9 @@ def _train(cfg: SupernetConfig, run: RunDir, info: dist.DistInfo, resume: bool, 
             rate = meter.step(cfg.batch, loss_value, f"{_lr(cfg, step):.4f}")
             if done % LOG_EVERY == 0 or done == cfg.steps:
                 run.log({"step": done, "loss": loss_value, "lr": _lr(cfg, step), "img_per_s": rate})
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                run.save(supernet, optimizer, done, cfg, loss_value, identity)
+        # every rank checks the weights it holds, so a divergence stops them all (only rank 0 writes)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            run.save(supernet, optimizer, done, cfg, loss_value, identity)
     meter.close()
     dist.barrier(info)
     # The final artefact, derived from the last checkpoint's weights (also when resuming a
