@@ -1,4 +1,4 @@
-"""Compiler benchmarks (issue 3's evidence); prints tables, asserts nothing.
+"""Compiler benchmarks; prints tables, asserts nothing.
 
     .venv/bin/python bench/bench_compiler.py            # all five sections
     .venv/bin/python bench/bench_compiler.py --only 1,5 # some of them

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from hyctas_dsl.api import load
-from hyctas_dsl.commands.compile import parse_size
+from hyctas_dsl.cli_support import parse_size
 from hyctas_dsl.compiler import export
 from hyctas_dsl.data.panoptic import CITYSCAPES_THINGS
 from hyctas_dsl.run.latency import measure_latency

@@ -1,7 +1,7 @@
 """Front-end speed: parse + validate + print of archs/hyctas_l.hy (3 branches x 20 layers).
 
 The search does this for thousands of candidates; the target is a median under 5 ms for the
-whole pipeline (issue 2). Each stage is timed on its own, many times, interleaved in one
+whole pipeline. Each stage is timed on its own, many times, interleaved in one
 loop so that the machine's load affects every row alike; the table gives median and p90.
 
     .venv/bin/python bench/bench_parse.py [--runs 500] [--file archs/hyctas_l.hy]

@@ -84,7 +84,7 @@ def main() -> int:
     from hyctas_dsl.data import make_datasets
     from hyctas_dsl.data.metrics import miou_of
     from hyctas_dsl.genome import sample_arch
-    from hyctas_dsl.run.evaluate import CandidateEvaluator
+    from hyctas_dsl.run.candidate_eval import CandidateEvaluator
 
     t_all = time.perf_counter()
     search_dir = Path(args.search)

@@ -58,7 +58,7 @@ def main() -> int:
     from hyctas_dsl.genome import sample_arch
     from hyctas_dsl.run.common import resolve_space
     from hyctas_dsl.run.config import SupernetConfig
-    from hyctas_dsl.run.evaluate import CandidateEvaluator
+    from hyctas_dsl.run.candidate_eval import CandidateEvaluator
     from hyctas_dsl.run.schemes import step_subnets
     from hyctas_dsl.run.supernet import train_supernet
 

@@ -1,4 +1,4 @@
-"""Evidence for issue 6 (2): `hyctas bench` of the zoo on this CPU, fp32, eager vs
+"""`hyctas bench` of the zoo on this CPU, fp32, eager vs
 channels-last vs torch.compile, measured in one run and interleaved per arch
 (hyctas_dsl.run.bench.bench_interleaved: the three settings take turns, so a busy phase of a
 shared machine hits all of them alike). Run on purpose:
@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from hyctas_dsl.api import load
-from hyctas_dsl.commands.compile import parse_size
+from hyctas_dsl.cli_support import parse_size
 from hyctas_dsl.compiler import export
 from hyctas_dsl.run.bench import bench_interleaved
 from hyctas_dsl.spaces import zoo_path

@@ -1,4 +1,4 @@
-"""The zoo's FPS on a GPU beside the paper's Table 3 (issue 6, evidence 3).
+"""The zoo's FPS on a GPU beside the paper's Table 3.
 
 Batch 1 at 1024x2048 with the image already on the device, a warm-up, then timed runs for
 --seconds (the paper: 6 s on an RTX 3090), in fp32 and bf16, eager and torch.compile. Prints

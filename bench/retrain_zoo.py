@@ -1,4 +1,4 @@
-"""Evidence for issue 6 (1): the zoo's three architectures retrained from scratch on the
+"""The zoo's three architectures retrained from scratch on the
 embedded digit scenes for one fixed budget, validation mIoU single-scale. Run on purpose:
 
     .venv/bin/python bench/retrain_zoo.py --steps 150 --out runs/retrain_zoo

@@ -6,6 +6,8 @@ Public API (DESIGN.md "Supernet and weight sharing"; docs/compiler.md):
 - ``export(arch, supernet=None, classes=None) -> nn.Module`` (standalone)
 - ``write_python(arch, path, supernet=None, model=None, classes=None)`` (``model.py`` + weights)
 - ``save_supernet / load_supernet``, ``save_model / load_model`` (safetensors, never pickle)
+- ``artifacts.write_artifact / run_artifact``: ONNX, TorchScript, safetensors, ``model.py``
+  written atomically and run back as a deployment would (``hyctas compile --export``, ``export``)
 - ``set_drop_path(model, p)``, ``lower(arch)`` (the module plan over the DAG)
 """
 

@@ -397,6 +397,15 @@ class SubnetView(nn.Module):
         self._bind()
         return self.net(x)
 
+    def batchnorms(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """For BatchNorm recalibration (section 4.2, "Search"): the supernet's BatchNorm
+        modules that hold this subnet's running statistics (what to reset), and the
+        BatchNorm layers its forward runs (whose momentum sets how statistics average)."""
+        def bns(m: nn.Module) -> list[nn.Module]:
+            return [b for b in m.modules() if isinstance(b, nn.modules.batchnorm._BatchNorm)]
+
+        return bns(self.ops), bns(self.net)
+
     def subnet_parameters(self) -> Iterator[Tensor]:
         """The slices this subnet actually uses (for counting; they are views)."""
         return (slot.cut(getattr(slot.owner, slot.leaf)) for slot in self._slots if slot.is_param)

@@ -89,12 +89,7 @@ def dump(obj: Module | Arch | Space, fp: PathLike | IO) -> None:
     if hasattr(fp, "write"):
         fp.write(text)
         return
-    write_atomic(Path(fp), text)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    write_text_atomic(path, text)
+    write_text_atomic(fp, text)
 
 
 def canonical_key(arch: Arch) -> str:

@@ -2,8 +2,10 @@
 
 Exit codes (black's convention): 0 success; 1 invalid input, or `fmt --check` would change a
 file; 2 usage errors and files that cannot be read; 123 an internal error (a bug: please
-report it). Commands that need torch import it inside the command, so ``hyctas --help``,
-``validate``, ``fmt`` and ``draw`` start fast and work without torch.
+report it; the traceback is written to a file). What the commands share (reading inputs,
+sizes, ``--config``, the exception-to-exit-code edge) is :mod:`hyctas_dsl.cli_support`.
+Commands that need torch import it inside the command, so ``hyctas --help``, ``validate``,
+``fmt`` and ``draw`` start fast and work without torch.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import difflib
 import importlib
 import json
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from hyctas_dsl.api import canonical_key, decode, write_atomic
-from hyctas_dsl.ast import Module, Space
+from hyctas_dsl.api import canonical_key
+from hyctas_dsl.ast import Module
+from hyctas_dsl.cli_support import exit_code_for, fail_usage, load_checked, load_space, read_source  # noqa: F401
 from hyctas_dsl.errors import HyctasError
+from hyctas_dsl.fileio import write_text_atomic
 from hyctas_dsl.parser import parse
 from hyctas_dsl.printer import dumps
 from hyctas_dsl.validate import check_module
@@ -73,66 +76,6 @@ COMMAND_MODULES: list[str] = [
     "hyctas_dsl.commands.bench",
     "hyctas_dsl.commands.export",
 ]
-
-
-class UsageProblem(Exception):
-    """A file that cannot be read, or options that do not fit: one line, exit 2."""
-
-
-def fail_usage(message: str) -> "typer.Exit":
-    typer.echo(f"hyctas: error: {message}", err=True)
-    return typer.Exit(2)
-
-
-def read_source(path: str) -> str:
-    """Read a file for a command; one-line error and exit 2 when it cannot be read."""
-    if path == "-":
-        return decode(sys.stdin.buffer.read(), "<stdin>")
-    p = Path(path)
-    try:
-        if p.is_dir():
-            raise fail_usage(f"{path}: is a directory, not a .hy file")
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise fail_usage(f"{path}: no such file") from None
-    except PermissionError:
-        raise fail_usage(f"{path}: permission denied") from None
-    except OSError as e:
-        raise fail_usage(f"{path}: cannot read ({e.strerror or e})") from None
-    return decode(data, path)
-
-
-def load_space(path: Optional[str]) -> Optional[Space]:
-    """The ``--space`` option: a file with exactly one valid space."""
-    if path is None:
-        return None
-    try:
-        text = read_source(path)
-        module = parse(text, path)
-    except HyctasError as e:
-        typer.echo(e.render(), err=True)
-        raise fail_usage(f"{path}: the space file does not parse") from None
-    if len(module.spaces) != 1:
-        raise fail_usage(f"{path}: expected exactly one `space`, found {len(module.spaces)}")
-    diags = check_module(Module(decls=module.spaces))
-    if diags:
-        typer.echo(HyctasError(diags).with_source(text, path).render(), err=True)
-        raise fail_usage(f"{path}: the space is not valid")
-    return module.spaces[0]
-
-
-def load_checked(path: str, space: Optional[Space] = None) -> tuple[str, Module]:
-    """Read, parse and validate one file for a command; print errors and exit 1 if invalid."""
-    try:
-        text = read_source(path)
-        module = parse(text, path)
-        diags = check_module(module, space)
-        if diags:
-            raise HyctasError(diags).with_source(text, path)
-    except HyctasError as e:
-        typer.echo(e.render())
-        raise typer.Exit(1) from None
-    return text, module
 
 
 @app.command()
@@ -220,7 +163,7 @@ def fmt(
         elif check:
             typer.echo(f"would reformat {path}")
         else:
-            write_atomic(Path(path), out)
+            write_text_atomic(path, out)
             typer.echo(f"reformatted {path}", err=True)
     if bad or (check and changed):
         raise typer.Exit(1)
@@ -253,9 +196,10 @@ def main() -> None:
     _register_commands()
     try:
         app()
-    except HyctasError as e:  # a user's mistake that reached here: still no traceback
-        typer.echo(e.render(), err=True)
-        sys.exit(1)
+    except (SystemExit, typer.Exit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - the CLI edge: user errors keep their codes, bugs exit 123
+        sys.exit(exit_code_for(e))
 
 
 if __name__ == "__main__":

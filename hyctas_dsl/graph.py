@@ -135,8 +135,3 @@ def topo_cells(g: nx.DiGraph) -> list[str]:
         return (d["after"], 1, n)
 
     return sorted((n for n, d in g.nodes(data=True) if d["kind"] in ("cell", "fusion")), key=order)
-
-
-def branch_outputs(g: nx.DiGraph) -> dict[int, str]:
-    """Stride -> node feeding the head."""
-    return {d["stride"]: u for u, _v, d in g.in_edges(HEAD, data=True) if d.get("role") == "branch"}

@@ -55,7 +55,8 @@ from pymoo.core.sampling import Sampling
 from pymoo.core.termination import NoTermination
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from hyctas_dsl.api import dumps, write_atomic
+from hyctas_dsl.api import dumps
+from hyctas_dsl.fileio import write_text_atomic
 from hyctas_dsl.ast import Arch, Space
 from hyctas_dsl.errors import Diagnostic, HyctasError
 from hyctas_dsl.genome import DEFAULT_FUSION_P, crossover, key_of, mutate, sample_population, training_memory_cached, without_memory
@@ -66,7 +67,7 @@ from hyctas_dsl.validate import check_arch
 __all__ = [
     "Evaluate",
     "CostFn",
-    "SearchConfig",
+    "NSGAConfig",
     "Record",
     "SearchResult",
     "ArchProblem",
@@ -98,7 +99,7 @@ OVER_COST = "over_cost"  # not evaluated, Algorithm 1's first filter
 
 
 @dataclass(frozen=True)
-class SearchConfig:
+class NSGAConfig:
     """Settings of one search (one branch count). Defaults: the paper's section 4.2."""
 
     n_branches: int
@@ -133,7 +134,7 @@ class SearchConfig:
             raise ValueError("; ".join(bad))
 
     # n_gen may grow on resume (continue a finished search for more generations).
-    def resumable_from(self, other: "SearchConfig") -> list[str]:
+    def resumable_from(self, other: "NSGAConfig") -> list[str]:
         return [
             f"{f.name}: checkpoint {getattr(other, f.name)!r}, now {getattr(self, f.name)!r}"
             for f in fields(self)
@@ -179,7 +180,7 @@ class Record:
 
 @dataclass
 class SearchResult:
-    config: SearchConfig
+    config: NSGAConfig
     generation: int  # last completed generation (0 = initial population)
     population: list[Record]  # P after the last survival, in pymoo's order
     front: list[Record]  # pareto_front(population), by increasing cost
@@ -383,7 +384,7 @@ def load_state(path: str | Path) -> dict:
 class _Search:
     """The state of one run_search call (kept out of run_search so that it stays readable)."""
 
-    def __init__(self, space: Space, evaluate: Evaluate, cost: CostFn, config: SearchConfig):
+    def __init__(self, space: Space, evaluate: Evaluate, cost: CostFn, config: NSGAConfig):
         self.space, self.config = space, config
         self.problem = ArchProblem(space, evaluate, cost)
         self.algorithm = NSGA2(
@@ -532,7 +533,7 @@ def run_search(
     space: Space,
     evaluate: Evaluate,
     cost: CostFn,
-    config: SearchConfig,
+    config: NSGAConfig,
     *,
     state_path: str | Path | None = None,
     resume: bool = False,
@@ -556,7 +557,7 @@ def run_search(
         if state_path is None:
             raise ValueError("resume=True needs a state_path")
         state = load_state(state_path)
-        saved = SearchConfig(**state["config"])
+        saved = NSGAConfig(**state["config"])
         diffs = config.resumable_from(saved)
         if state["space"] != dumps(space):
             diffs.append("the search space differs")
@@ -571,7 +572,7 @@ def run_search(
         else:
             search.step()
         if state_path is not None and save_state:
-            write_atomic(Path(state_path), json.dumps(search.to_json()))
+            write_text_atomic(state_path, json.dumps(search.to_json()))
         if on_generation is not None:
             on_generation(search.result())
     return search.result()

@@ -253,6 +253,18 @@ class _Builder:
             return None
         return value
 
+    def probability(self, tok: Token) -> float | None:
+        """A branch probability as a float; an integer too large for a float (``1`` followed
+        by 400 zeros) is a located error, not an OverflowError that would end the report."""
+        value = self.number(tok, "a branch probability")
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except OverflowError:
+            self.error("HY003", f"`{tok}` is out of range for a branch probability", tok, "write a number from 0 to 1")
+            return None
+
     def whole(self, tok: Token, what: str, minimum: int = 0) -> int | None:
         value = _number(tok)
         if not isinstance(value, int):
@@ -309,8 +321,8 @@ class _Builder:
             elif key == "ops":
                 fields[key] = tuple(str(t) for t in args)
             elif key == "branch_prior":
-                prior = [self.number(t, "a branch probability") for t in args]
-                fields[key] = None if None in prior else tuple(float(v) for v in prior)
+                prior = [self.probability(t) for t in args]
+                fields[key] = None if None in prior else tuple(prior)
             elif key == "heads":
                 fields[key] = tuple(self.stride_set(t) for t in args)
             elif key == "task":
@@ -331,6 +343,9 @@ class _Builder:
                 total = value * _UNITS[str(unit)]
                 if isinstance(total, float) and not math.isfinite(total):
                     self.error("HY003", f"the memory limit `{amount} {unit}` is out of range", amount)
+                    continue
+                if total < 1:  # it is kept in whole bytes: less than one would print as `0 B`
+                    self.error("HY003", f"the memory limit `{amount} {unit}` is less than one byte", amount)
                     continue
                 fields[key] = MemoryLimit(bytes=int(total), batch=b, crop=(h, w), span=_span_of(item))
         required = ("filters", "layers", "strides", "ops", "widths", "branch_prior", "heads", "output_strides")

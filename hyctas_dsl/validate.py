@@ -243,12 +243,20 @@ def check_arch(arch: Arch, space: Space) -> list[Diagnostic]:
         if mem > space.memory.bytes:
             err(
                 "HY104",
-                f"estimated training memory {mem / 2**30:.1f} GiB exceeds the space's limit {space.memory.bytes / 2**30:.1f} GiB "
+                f"estimated training memory {_gib(mem)} GiB exceeds the space's limit {_gib(space.memory.bytes)} GiB "
                 f"(batch {space.memory.batch}, crop {space.memory.crop[0]}x{space.memory.crop[1]})",
                 arch.where("name"),
                 "constraint 4: use fewer or narrower cells, fewer high-resolution attention cells, or fewer branches",
             )
     return out
+
+
+def _gib(n: int) -> str:
+    """Bytes as GiB for a message; a batch of 10**400 gives an integer no float can hold."""
+    try:
+        return f"{n / 2**30:.1f}"
+    except OverflowError:
+        return f"about 10^{len(str(n >> 30)) - 1}"
 
 
 def _check_args(cell) -> list[Diagnostic]:

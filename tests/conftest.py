@@ -1,8 +1,11 @@
-"""Shared test set-up: CI (CI=true) runs the short form of slow checks."""
+"""Shared test set-up: CI (CI=true) runs the short form of slow checks; on an install without
+the [train] extra (no torch) the test modules that need it are skipped, with the reason."""
 
+import importlib.util
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,3 +24,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+# The test modules that need the [train] extra (torch, safetensors, scikit-learn's digits).
+# The others test the front end, which must work without it.
+NEEDS_TRAIN = {
+    "test_compiler_cli.py", "test_compiler_cost.py", "test_compiler_export.py", "test_compiler_ops.py",
+    "test_compiler_supernet.py", "test_data.py", "test_eval_bench_export.py", "test_retrain.py", "test_rundir.py",
+    "test_search.py", "test_supernet_train.py",
+}
+
+
+class _NeedsTrain(pytest.Module):
+    def collect(self):
+        pytest.skip("needs the [train] extra (torch is not installed): pip install 'hyctas[train]'")
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    if not HAS_TORCH and module_path.name in NEEDS_TRAIN:
+        return _NeedsTrain.from_parent(parent, path=module_path)
+    return None

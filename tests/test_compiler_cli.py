@@ -148,7 +148,8 @@ def test_invalid_arch_exits_1_with_located_diagnostics(files):
         (["--input", "0x64"], "HEIGHTxWIDTH"),
         (["--export", "out.h5"], "unknown format"),
         (["--export", "/nonexistent/dir/m.onnx"], "does not exist"),
-        (["--classes", "0"], "positive"),
+        (["--classes", "0"], "1..10000"),
+        (["--classes", "99999999999999999999999"], "1..10000"),
         (["--supernet", "missing.safetensors"], "no such file"),
     ],
 )

@@ -381,6 +381,6 @@ def test_cli_selection_and_diff(tmp_path):
     r = run(["draw", s, "--diff", "-o", str(out)])
     assert r.exit_code == 2 and "two files" in r.output
     r = run(["draw", str(ARCHS / "paper_space.hy"), s, "--diff", "-o", str(out)])
-    assert r.exit_code == 2 and "no arch to draw" in r.output
+    assert r.exit_code == 2 and "no arch in" in r.output
     r = run(["draw", str(tmp_path / "missing.hy"), "-o", str(out)])
     assert r.exit_code == 2 and "no such file" in r.output

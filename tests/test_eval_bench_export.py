@@ -20,7 +20,7 @@ from hyctas_dsl.commands import export as export_cmd
 from hyctas_dsl.compiler import export
 from hyctas_dsl.compiler.checkpoint import save_model
 from hyctas_dsl.data import make_datasets
-from hyctas_dsl.run.evaluation import evaluate, predict
+from hyctas_dsl.run.dataset_eval import evaluate, predict
 
 from tests.test_retrain import DATA, TINY
 

@@ -1,4 +1,4 @@
-"""Bad input never escapes as anything but HyctasError with a location (issue 2, "Bad input").
+"""Bad input never escapes as anything but HyctasError with a location.
 
 Thousands of inputs: seeded random mutations of the zoo (delete, insert, duplicate, swap
 characters and tokens; numbers made huge, negative, fractional or infinite), hypothesis text
@@ -443,3 +443,72 @@ def test_cli_validate_subprocess_never_tracebacks(tmp_path):
     r = subprocess.run([*cmd, "fmt", "--check", *paths], capture_output=True, text=True)
     assert r.returncode in (0, 1), r.stderr
     assert "Traceback" not in r.stdout + r.stderr
+
+
+# ----------------------------------------------------------------------------- structure-aware
+
+# Every number of a file, wherever it stands (widths `w12`, runs `1..4`, crops `64x128`,
+# arguments `heads=2`, meta values), replaced by each of these; and every line dropped or
+# duplicated. Each mutant meets the front end's contract, and each one that validates must
+# compile and run a forward pass: validation promises the compiler can build it.
+HOSTILE = ["0", "-1", "-7", "1" + "0" * 400, "99999999999999999999", "1e999", "-1e999", "nan", "inf", "0.5", "1e-300"]
+NUMBER_RE = re.compile(r"(?<![A-Za-z_])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|(?<=w)\d+")
+
+
+def structural_mutants(text: str) -> list[str]:
+    out = []
+    for m in NUMBER_RE.finditer(text):
+        for v in HOSTILE:
+            out.append(text[: m.start()] + v + text[m.end() :])
+    lines = text.split("\n")
+    for i in range(1, len(lines)):
+        out.append("\n".join(lines[:i] + lines[i + 1 :]))
+        out.append("\n".join(lines[: i + 1] + lines[i:]))
+    return out
+
+
+STRUCTURAL = {name: structural_mutants(SOURCES[name]) for name in ("rich.hy", "hyctas_s.hy", "paper_space.hy")}
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURAL))
+def test_structure_aware_mutants_meet_the_contract(name):
+    outcomes = [check_any_text(t) for t in STRUCTURAL[name]]
+    assert "valid" in outcomes and "invalid" in outcomes
+
+
+def test_every_structural_mutant_that_validates_compiles_and_runs():
+    torch = pytest.importorskip("torch", reason="compiling needs the [train] extra (torch)")
+    from hyctas_dsl.compiler import export
+
+    valid: dict[str, object] = {}
+    for name in ("rich.hy", "hyctas_s.hy"):
+        for text in STRUCTURAL[name]:
+            try:
+                module = hy.loads(text, "f.hy")
+            except HyctasError:
+                continue
+            for arch in module.archs:
+                valid.setdefault(hy.canonical_key(arch), arch)
+    archs = list(valid.values())
+    assert len(archs) >= 5  # distinct networks (meta and names do not count)
+    if IN_CI:  # the short form: an evenly spread share
+        archs = archs[:: max(1, len(archs) // 12)]
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for arch in archs:
+            torch.manual_seed(0)
+            model = export(arch, classes=3).eval()
+            with torch.no_grad():
+                y = model(torch.randn(1, 3, 32, 64))
+            assert y.shape == (1, 3, 32, 64) and bool(torch.isfinite(y).all()), hy.canonical_key(arch)
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_huge_branch_prior_is_located_and_the_other_files_are_still_reported(tmp_path):
+    bad = tmp_path / "bad.hy"
+    bad.write_text(ZOO["paper_space.hy"].replace("branch_prior", "branch_prior 1" + "0" * 400 + " #"), encoding="utf-8")
+    r = runner.invoke(app, ["validate", str(bad), str(ARCHS / "hyctas_s.hy")])
+    assert r.exit_code == 1 and not isinstance(r.exception, OverflowError)
+    assert "out of range for a branch probability" in r.output and "hyctas_s.hy: ok" in r.output

@@ -1,4 +1,4 @@
-"""The printer's round-trip properties and `hyctas fmt` (issue 2).
+"""The printer's round-trip properties and `hyctas fmt`.
 
 - ``parse(dumps(m)) == m`` for any valid module (and for any parseable AST),
 - ``dumps(parse(text)) == text`` for every file in archs/,

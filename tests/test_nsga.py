@@ -19,7 +19,7 @@ from hyctas_dsl.nsga import (
     ArchProblem,
     ArchSampling,
     Record,
-    SearchConfig,
+    NSGAConfig,
     analytic_cost,
     constraint_values,
     pareto_front,
@@ -60,7 +60,7 @@ COST = analytic_cost("flops", INPUT)
 def config(**kw):
     base = dict(n_branches=2, pop_size=10, n_gen=4, seed=1, objective="flops")
     base.update(kw)
-    return SearchConfig(**base)
+    return NSGAConfig(**base)
 
 
 def dominates(a, b):

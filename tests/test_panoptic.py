@@ -370,8 +370,7 @@ def test_panoptic_view_equals_standalone_export_and_torchscript(panoptic_parts):
 
 def test_panoptic_exports_onnx_model_py_safetensors(tmp_path):
     from hyctas_dsl.api import loads
-    from hyctas_dsl.commands.compile import _write_export
-    from hyctas_dsl.commands.export import exported_outputs
+    from hyctas_dsl.compiler.artifacts import run_artifact, write_artifact
     from hyctas_dsl.compiler import export
 
     # the smallest panoptic net (one cell): the exporters' cost grows with the graph, and the
@@ -388,9 +387,9 @@ def test_panoptic_exports_onnx_model_py_safetensors(tmp_path):
     with torch.no_grad():
         ref = model(X)
     for name, fmt in (("m.pt", "torchscript"), ("m.safetensors", "safetensors"), ("model.py", "python"), ("m.onnx", "onnx")):
-        _write_export(tmp_path / name, arch, model, None, (40, 72), 4)
+        write_artifact(tmp_path / name, arch, model, None, (40, 72), 4)
         with torch.no_grad():
-            _close(exported_outputs(tmp_path / name, fmt, X), ref, 1e-4)
+            _close(run_artifact(tmp_path / name, fmt, X), ref, 1e-4)
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])

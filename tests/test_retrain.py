@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from hyctas_dsl.api import loads
 from hyctas_dsl.commands import train as train_cmd
 from hyctas_dsl.compiler import export, set_drop_path
-from hyctas_dsl.run.retrain import (
-    RetrainNet, ResumeMismatch, TrainConfig, drop_path_at, ohem_loss, poly_lr, train,
-)
+from hyctas_dsl.run.config import TrainConfig
+from hyctas_dsl.run.errors import ResumeMismatch
+from hyctas_dsl.run.retrain import RetrainNet, drop_path_at, ohem_loss, poly_lr, train
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")

@@ -71,6 +71,10 @@ def test_training_changes_weights_and_refuses_to_overwrite(space_file, tmp_path)
         train_supernet(cfg(space_file, out, steps=2), progress=False)
     with pytest.raises(ResumeMismatch, match="seed"):
         train_supernet(cfg(space_file, out, steps=4, seed=4), resume=True, progress=False)
+    # the training scheme and the classifier layout are fixed for a run's life, too
+    for change in ({"scheme": "sandwich"}, {"distill": 0.5}, {"branch_balance": True}, {"shared_classifier": False}):
+        with pytest.raises(ResumeMismatch, match=next(iter(change))):
+            train_supernet(cfg(space_file, out, steps=4, **change), resume=True, progress=False)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(space_file, tmp_path):
@@ -83,8 +87,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(space_file, tmp_path)
     bad_step = int(re.search(r"at step (\d+)", str(e.value)).group(1))
     with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as f:
         assert int(f.metadata()["step"]) == bad_step  # the steps before the bad one, no more
-    with pytest.raises(ResumeMismatch, match="lr"):
-        train_supernet(cfg(space_file, out, steps=40, lr=0.01), resume=True, progress=False)
+    # after a divergence --resume takes a lower learning rate (a higher one is refused),
+    # and the log records the change
+    with pytest.raises(ResumeMismatch, match="lower --lr"):
+        train_supernet(cfg(space_file, out, steps=40, lr=1e13), resume=True, progress=False)
+    try:
+        train_supernet(cfg(space_file, out, steps=bad_step + 1, lr=1e-6), resume=True, progress=False)
+    except TrainingDiverged:
+        pass  # weights from lr 1e12 may be past saving; what is tested is that resume took the lower lr
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "diverged" for e in events)
+    assert {"event": "lr_lowered", "from": 1e12, "to": 1e-6, "step": bad_step} in events
 
 
 def test_cli_runs_under_torchrun_with_two_processes(space_file, tmp_path):

@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.commands.train import TASK_HELP, load_arch, with_task
-from hyctas_dsl.commands.train_supernet import run_cli_job
+from hyctas_dsl.cli_support import MAX_CLASSES, TASK_HELP, fail_usage, load_arch, run_cli_job, size_option, with_task
 
 
 def register(app: typer.Typer) -> None:
@@ -39,19 +38,13 @@ def register(app: typer.Typer) -> None:
         panoptic) is timed three ways: the network, the post-processing (centre NMS, pixel
         grouping, merge) and both together.
         """
-        from hyctas_dsl.cli import fail_usage
-        from hyctas_dsl.commands.compile import parse_size
-
-        try:
-            size = parse_size(input_size)
-        except ValueError as e:
-            raise fail_usage(str(e)) from None
+        size = size_option(input_size, "--input")
         if dtype not in ("fp32", "bf16", "fp16"):
             raise fail_usage(f"--dtype must be fp32, bf16 or fp16, not {dtype!r}")
-        if seconds <= 0 or warmup < 0:
-            raise fail_usage("--seconds must be positive and --warmup not negative")
-        if classes < 1:
-            raise fail_usage(f"--classes must be positive, not {classes}")
+        if not (0 < seconds <= 3600 and 0 <= warmup <= 3600):  # NaN fails too; inf would time forever
+            raise fail_usage("--seconds must lie in (0, 3600] and --warmup in [0, 3600]")
+        if not 1 <= classes <= MAX_CLASSES:
+            raise fail_usage(f"--classes must lie in 1..{MAX_CLASSES}, not {classes}")
         arch, _ = load_arch(file, arch_name, space)
         arch = with_task(arch, task)
         other = load_arch(compare, None, space)[0] if compare else None
@@ -61,7 +54,7 @@ def register(app: typer.Typer) -> None:
         def job():
             import torch
 
-            from hyctas_dsl.commands.eval import load_weights
+            from hyctas_dsl.run.weights import load_weights
             from hyctas_dsl.compiler import export
             from hyctas_dsl.run.bench import bench, bench_interleaved, format_rows, resolve_device
             from hyctas_dsl.run.config import ConfigError
@@ -103,15 +96,4 @@ def register(app: typer.Typer) -> None:
                            f"(interleaved, 3 rounds)")
             typer.echo(f"protocol: {lats[0].protocol}")
 
-        def guarded():
-            try:
-                return job()
-            except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                if not isinstance(e, MemoryError) and "alloc" not in msg.lower() and "out of memory" not in msg.lower():
-                    raise
-                typer.echo(f"hyctas: error: out of memory at {size[0]}x{size[1]} on {device}: {msg[:200]} "
-                           "(try a smaller --input)", err=True)
-                raise typer.Exit(1) from None
-
-        run_cli_job(guarded)
+        run_cli_job(job, memory=f"at {size[0]}x{size[1]} on {device} (try a smaller --input)")

@@ -6,15 +6,15 @@ package; svg/png/pdf need Graphviz's ``dot`` program. Never imports torch.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from hyctas_dsl.ast import Arch, Module, Space
+from hyctas_dsl.ast import Arch
+from hyctas_dsl.cli_support import fail_usage, load_checked, load_space, pick
+from hyctas_dsl.fileio import write_bytes_atomic
 
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot"}
 INSTALL_DOT = (
@@ -24,53 +24,6 @@ INSTALL_DOT = (
 )
 # PNGs for papers and READMEs: sharper than Graphviz's default 96 dpi.
 PNG_DPI = "144"
-
-
-def _decl_names(module: Module) -> str:
-    return ", ".join(f"{'arch' if isinstance(d, Arch) else 'space'} {d.name}" for d in module.decls) or "none"
-
-
-def pick(module: Module, path: str, name: Optional[str], *, want_arch: bool) -> Arch | Space:
-    """The declaration of ``module`` to draw: the one named ``name``, or the only arch (a
-    space beside it is that arch's space, as in the files the search emits), or the only
-    declaration."""
-    from hyctas_dsl.cli import fail_usage
-
-    decls = list(module.archs) if want_arch or (name is None and len(module.archs) == 1) else list(module.decls)
-    if name is not None:
-        for d in decls:
-            if d.name == name:
-                return d
-        kind = "arch" if want_arch else "arch or space"
-        raise fail_usage(f"{path}: no {kind} named `{name}` (it declares: {_decl_names(module)})")
-    if len(decls) == 1:
-        return decls[0]
-    if not decls:
-        what = "arch" if want_arch else "arch or space"
-        raise fail_usage(f"{path}: no {what} to draw (it declares: {_decl_names(module)})")
-    raise fail_usage(f"{path}: declares several things to draw ({_decl_names(module)}); choose one with --arch NAME")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write into a temporary file in the same directory, then rename over ``path``, so a
-    reader never sees half a diagram."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        try:
-            mode = path.stat().st_mode & 0o777
-        except FileNotFoundError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def render(graph, fmt: str) -> bytes:
@@ -105,7 +58,6 @@ def register(app: typer.Typer) -> None:
         Exit 0 when written, 1 when an input is not valid, 2 for usage errors, unreadable
         files, or a format that needs the missing Graphviz `dot` program.
         """
-        from hyctas_dsl.cli import fail_usage, load_checked, load_space
 
         out = Path(output)
         fmt = FORMATS.get(out.suffix.lower())

@@ -2,44 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 
-from hyctas_dsl.commands.train import TASK_HELP, load_arch, with_task
-from hyctas_dsl.commands.train_supernet import run_cli_job
-
-
-def weights_path(weights: str) -> Path:
-    """A model file, or a `hyctas train` run directory holding model.safetensors."""
-    p = Path(weights)
-    if p.is_dir():
-        if (p / "model.safetensors").is_file():
-            return p / "model.safetensors"
-        if (p / "checkpoint.safetensors").is_file():
-            raise FileNotFoundError(f"{weights}: the run has not finished (no model.safetensors); continue it with --resume")
-        raise FileNotFoundError(f"{weights}: no model.safetensors in this directory")
-    if not p.exists():
-        raise FileNotFoundError(f"{weights}: no such file")
-    return p
-
-
-def load_weights(weights: str, arch, classes: Optional[int] = None):
-    """The network of ``arch`` with the weights of ``weights``; a file written for another
-    arch or class count is a one-line error (exit 2), never a shape traceback."""
-    from hyctas_dsl.api import canonical_key
-    from hyctas_dsl.compiler.checkpoint import load_model, load_model_arch
-    from hyctas_dsl.run.config import ConfigError
-
-    path = weights_path(weights)
-    stored, n = load_model_arch(path)
-    if canonical_key(stored) != canonical_key(arch):
-        raise ConfigError(f"{weights}: these weights belong to arch `{stored.name}` ({canonical_key(stored)}), "
-                          f"not to `{arch.name}` ({canonical_key(arch)})")
-    if classes is not None and classes != n:
-        raise ConfigError(f"{weights}: the model predicts {n} classes, but the data has {classes}")
-    return load_model(path).eval(), n
+from hyctas_dsl.cli_support import TASK_HELP, fail_usage, load_arch, out_dir_option, run_cli_job, with_task
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -48,8 +15,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
     except ValueError:
         scales = ()
     if not scales or any(not 0.1 <= s <= 4 for s in scales):
-        typer.echo(f"hyctas: error: --scales must be a comma-separated list of factors in 0.1..4, like 0.75,1,1.25, not {text!r}", err=True)
-        raise typer.Exit(2)
+        raise fail_usage(f"--scales must be a comma-separated list of factors in 0.1..4, like 0.75,1,1.25, not {text!r}")
     return scales
 
 
@@ -85,28 +51,31 @@ def register(app: typer.Typer) -> None:
         """
         scale_list = parse_scales(scales)
         if images is not None and images < 1:
-            typer.echo("hyctas: error: --images must be at least 1", err=True)
-            raise typer.Exit(2)
+            raise fail_usage("--images must be at least 1")
+        out_dir_option(out)
         arch, _text = load_arch(file, arch_name, space)
         arch = with_task(arch, task)
         if arch.task == "panoptic":
             if scale_list != (1.0,) or flip:
-                typer.echo("hyctas: error: panoptic evaluation is single-scale without flip (no --scales, --flip)", err=True)
-                raise typer.Exit(2)
+                raise fail_usage("panoptic evaluation is single-scale without flip (no --scales, --flip)")
             if not 0 <= center_threshold < 1 or top_k < 1 or (stuff_area is not None and stuff_area < 0):
-                typer.echo("hyctas: error: --center-threshold must lie in [0, 1), --top-k be positive, --stuff-area not negative",
-                           err=True)
-                raise typer.Exit(2)
-            from hyctas_dsl.run.panoptic_eval import eval_command
-
+                raise fail_usage("--center-threshold must lie in [0, 1), --top-k be positive, --stuff-area not negative")
             post = {"threshold": center_threshold, "top_k": top_k, **({"stuff_area": stuff_area} if stuff_area is not None else {})}
-            run_cli_job(lambda: eval_command(arch, weights, data, images, out, samples, device, quiet, load_weights, post))
+
+            def panoptic_job():
+                from hyctas_dsl.run.panoptic_eval import eval_command
+                from hyctas_dsl.run.weights import load_weights
+
+                eval_command(arch, weights, data, images, out, samples, device, quiet, load_weights, post)
+
+            run_cli_job(panoptic_job)
             return
 
         def job():
             from hyctas_dsl.data import make_datasets
             from hyctas_dsl.run import dist
-            from hyctas_dsl.run.evaluation import evaluate, format_table, save_eval
+            from hyctas_dsl.run.dataset_eval import evaluate, format_table, save_eval
+            from hyctas_dsl.run.weights import load_weights
 
             info = dist.init(device)
             _train, val = make_datasets(data)

@@ -7,37 +7,9 @@ from typing import Optional
 
 import typer
 
-from hyctas_dsl.commands.train import TASK_HELP, load_arch, with_task
-from hyctas_dsl.commands.train_supernet import run_cli_job
+from hyctas_dsl.cli_support import TASK_HELP, fail_usage, load_arch, run_cli_job, size_option, with_task
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors", "python": ".py"}
-
-
-def exported_outputs(path: Path, fmt: str, x):
-    """Run the written artifact the way a deployment would, on input ``x`` (None when the
-    format's runtime is not installed)."""
-    import torch
-
-    if fmt == "torchscript":
-        return torch.jit.load(str(path)).eval()(x)
-    if fmt == "safetensors":
-        from hyctas_dsl.compiler.checkpoint import load_model
-
-        return load_model(path).eval()(x)
-    if fmt == "python":
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location(f"hyctas_export_{abs(hash(str(path)))}", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod.load()(x)
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outs = [torch.from_numpy(o) for o in sess.run(None, {sess.get_inputs()[0].name: x.numpy()})]
-    return tuple(outs) if len(outs) > 1 else outs[0]  # a panoptic network has three outputs
 
 
 def register(app: typer.Typer) -> None:
@@ -58,15 +30,9 @@ def register(app: typer.Typer) -> None:
         the largest absolute difference to PyTorch's output is reported; a mismatch above
         1e-3 fails (exit 1). Exit 2 for bad options and weights of another arch.
         """
-        from hyctas_dsl.cli import fail_usage
-        from hyctas_dsl.commands.compile import parse_size
-
         if fmt not in FORMATS:
             raise fail_usage(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-        try:
-            size = parse_size(input_size)
-        except ValueError as e:
-            raise fail_usage(str(e)) from None
+        size = size_option(input_size, "--input")
         arch, _ = load_arch(file, arch_name, space)
         arch = with_task(arch, task)
         path = Path(output) if output else Path(arch.name + FORMATS[fmt])
@@ -78,26 +44,24 @@ def register(app: typer.Typer) -> None:
         def job():
             import torch
 
-            from hyctas_dsl.commands.compile import _write_export
-            from hyctas_dsl.commands.eval import load_weights
+            from hyctas_dsl.compiler.artifacts import max_abs_diff, run_artifact, write_artifact
+            from hyctas_dsl.run.weights import load_weights
 
             model, classes = load_weights(weights, arch)
-            line = _write_export(path, arch, model, None, size, classes)
+            line = write_artifact(path, arch, model, None, size, classes)
             typer.echo(f"wrote {line}")
             torch.manual_seed(0)
             x = torch.randn(1, 3, *size)
             with torch.no_grad():
                 want = model.eval()(x)
-                got = exported_outputs(path, fmt, x)
+                got = run_artifact(path, fmt, x)
             if got is None:
                 typer.echo("check: onnxruntime is not installed; outputs not compared")
                 return
-            from hyctas_dsl.commands.compile import max_abs_diff
-
             diff = max_abs_diff(got, want)
             typer.echo(f"check: {fmt} output vs PyTorch on a 1x3x{size[0]}x{size[1]} input: max abs diff {diff:.2e}")
             if not diff <= 1e-3:
                 typer.echo(f"hyctas: error: the exported {fmt} model disagrees with PyTorch (max abs diff {diff:.2e})", err=True)
                 raise typer.Exit(1)
 
-        run_cli_job(job)
+        run_cli_job(job, memory=f"at {size[0]}x{size[1]} (try a smaller --input)")

@@ -6,7 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from hyctas_dsl.commands.train_supernet import run_cli_job, size_option
+from hyctas_dsl.cli_support import default_help, fail_usage, job_config, out_dir_option, run_cli_job, size_option
+from hyctas_dsl.run.config import SearchConfig
 
 SEARCH_HELP = """Search a trained supernet with NSGA-II (paper section 3.4, Algorithm 1) and write
 the Pareto front back as .hy files, with what was measured in their `meta`.
@@ -28,51 +29,63 @@ table [search]). OUT gets searched_b*_*.hy, candidates.csv, pareto.png and summa
 def register(app: typer.Typer) -> None:
     @app.command("search", help=SEARCH_HELP)
     def search_cmd(
-        emit_dsl: Optional[str] = typer.Option(None, "--emit-dsl", help="Output directory for the Pareto front [default: runs/search]."),
+        emit_dsl: Optional[str] = typer.Option(None, "--emit-dsl", help=f"Output directory for the Pareto front {default_help(SearchConfig, 'out')}."),
         supernet: Optional[str] = typer.Option(None, "--supernet", help="Supernet run directory or .safetensors (default: train one into OUT/supernet)."),
-        data: Optional[str] = typer.Option(None, "--data", help="digits | cityscapes:DIR | ade20k:DIR | folder:DIR [default: digits]."),
-        objective: Optional[str] = typer.Option(None, "--objective", help="latency | flops | params [default: latency]."),
-        branches: Optional[str] = typer.Option(None, "--branches", help="Branch counts to search, e.g. 1,2,3 [default: 1,2,3]."),
-        population: Optional[int] = typer.Option(None, "--population", help="Population size [default: 8; the paper: 40]."),
-        generations: Optional[int] = typer.Option(None, "--generations", help="Generations [default: 4; the paper: 20]."),
-        crossover: Optional[float] = typer.Option(None, "--crossover", help="Crossover probability [default: 0.9]."),
-        mutation: Optional[float] = typer.Option(None, "--mutation", help="Per-gene mutation probability [default: 0.02]."),
-        miou_min: Optional[float] = typer.Option(None, "--miou-min", help="Algorithm 1: keep offspring above this mIoU [default: 0]."),
-        metric: Optional[str] = typer.Option(None, "--metric", help="Accuracy objective: miou | pq (a supernet of a `task panoptic` space) [default: miou]."),
-        bn_images: Optional[int] = typer.Option(None, "--bn-images", help="Images for BN recalibration [default: 128; the paper: 1000]."),
-        val_images: Optional[int] = typer.Option(None, "--val-images", help="Validation images per candidate [default: 256]."),
-        latency_seconds: Optional[float] = typer.Option(None, "--latency-seconds", help="Timed seconds per latency measurement [default: 0.3; the paper: 6]."),
+        data: Optional[str] = typer.Option(None, "--data", help=f"digits | cityscapes:DIR | ade20k:DIR | folder:DIR {default_help(SearchConfig, 'data')}."),
+        objective: Optional[str] = typer.Option(None, "--objective", help=f"latency | flops | params {default_help(SearchConfig, 'objective')}."),
+        branches: Optional[str] = typer.Option(None, "--branches", help=f"Branch counts to search, e.g. 1,2,3 {default_help(SearchConfig, 'branches')}."),
+        population: Optional[int] = typer.Option(None, "--population", help=f"Population size {default_help(SearchConfig, 'population', 'the paper: 40')}."),
+        generations: Optional[int] = typer.Option(None, "--generations", help=f"Generations {default_help(SearchConfig, 'generations', 'the paper: 20')}."),
+        crossover: Optional[float] = typer.Option(None, "--crossover", help=f"Crossover probability {default_help(SearchConfig, 'crossover')}."),
+        mutation: Optional[float] = typer.Option(None, "--mutation", help=f"Per-gene mutation probability {default_help(SearchConfig, 'mutation')}."),
+        miou_min: Optional[float] = typer.Option(None, "--miou-min", help=f"Algorithm 1: keep offspring above this mIoU {default_help(SearchConfig, 'miou_min')}."),
+        metric: Optional[str] = typer.Option(None, "--metric", help=f"Accuracy objective: miou | pq (a supernet of a `task panoptic` space) {default_help(SearchConfig, 'metric')}."),
+        bn_images: Optional[int] = typer.Option(None, "--bn-images", help=f"Images for BN recalibration {default_help(SearchConfig, 'bn_images', 'the paper: 1000')}."),
+        val_images: Optional[int] = typer.Option(None, "--val-images", help=f"Validation images per candidate {default_help(SearchConfig, 'val_images')}."),
+        latency_seconds: Optional[float] = typer.Option(None, "--latency-seconds", help=f"Timed seconds per latency measurement {default_help(SearchConfig, 'latency_seconds', 'the paper: 6')}."),
         latency_input: Optional[str] = typer.Option(None, "--latency-input", help="HxW for latency [default: the data's size]."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seed [default: 0]."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda [default: auto]."),
+        seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed {default_help(SearchConfig, 'seed')}."),
+        device: Optional[str] = typer.Option(None, "--device", help=f"auto | cpu | cuda {default_help(SearchConfig, 'device')}."),
         config: Optional[str] = typer.Option(None, "--config", help="TOML file with a [search] table (and [supernet] for the demo's supernet)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the searches checkpointed in OUT."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ) -> None:
+        nbs: Optional[List[int]] = None
+        if branches is not None:
+            try:
+                nbs = [int(x) for x in branches.split(",") if x.strip()]
+            except ValueError:
+                raise fail_usage(f"--branches takes numbers like 1,2,3, not {branches!r}") from None
+        cfg = job_config(SearchConfig, "search", config, dict(
+            out=emit_dsl, supernet=supernet, data=data, objective=objective, branches=nbs,
+            population=population, generations=generations, crossover=crossover, mutation=mutation,
+            miou_min=miou_min, metric=metric, bn_images=bn_images, val_images=val_images, latency_seconds=latency_seconds,
+            latency_input=size_option(latency_input, "--latency-input"), seed=seed, device=device,
+        ))
+
+        sn_cfg = _supernet_table(config, cfg)
+        out_dir_option(cfg.out, "--emit-dsl")
+
         def job():
-            from hyctas_dsl.run.config import ConfigError, SearchConfig, SupernetConfig, load_config, merge
             from hyctas_dsl.run.search import search
 
-            nbs: Optional[List[int]] = None
-            if branches is not None:
-                try:
-                    nbs = [int(x) for x in branches.split(",") if x.strip()]
-                except ValueError:
-                    raise ConfigError(f"--branches takes numbers like 1,2,3, not {branches!r}") from None
-            tables = load_config(config)
-            cfg = merge(SearchConfig, config, tables.get("search", {}), dict(
-                out=emit_dsl, supernet=supernet, data=data, objective=objective, branches=nbs,
-                population=population, generations=generations, crossover=crossover, mutation=mutation,
-                miou_min=miou_min, metric=metric, bn_images=bn_images, val_images=val_images, latency_seconds=latency_seconds,
-                latency_input=size_option(latency_input, "--latency-input"), seed=seed, device=device,
-            ))
-            sn_table = tables.get("supernet")
-            if sn_table is not None and cfg.supernet is not None:
-                raise ConfigError(f"{config}: the [supernet] table configures the supernet a search trains when no "
-                                  "--supernet is given; with a supernet given it would be ignored, so remove one of them")
-            sn_cfg = merge(SupernetConfig, config, sn_table, {}) if sn_table is not None else None
             res = search(cfg, resume=resume, progress=not quiet, supernet_cfg=sn_cfg)
             typer.echo(f"search: {res.evaluated} candidates evaluated in {res.seconds:.0f} s; "
                        f"{len(res.files)} Pareto members written to {res.out}/ (candidates.csv, pareto.png, summary.json)")
 
-        run_cli_job(job)
+        run_cli_job(job, memory="(try a smaller --latency-input or fewer --bn-images)")
+
+
+def _supernet_table(config: Optional[str], cfg):
+    """The config file's [supernet] table: how the supernet a search trains first (without
+    --supernet) is configured; beside --supernet it would be ignored, so it is an error."""
+    from hyctas_dsl.run.config import ConfigError, SupernetConfig, load_config, merge
+
+    try:
+        sn_table = load_config(config).get("supernet")
+        if sn_table is not None and cfg.supernet is not None:
+            raise ConfigError(f"{config}: the [supernet] table configures the supernet a search trains when no "
+                              "--supernet is given; with a supernet given it would be ignored, so remove one of them")
+        return merge(SupernetConfig, config, sn_table, {}) if sn_table is not None else None
+    except ConfigError as e:
+        raise fail_usage(str(e)) from None

@@ -1,4 +1,4 @@
-"""Data for training, search and evaluation (issue 4 "Data"; paper section 4.2).
+"""Data for training, search and evaluation (paper section 4.2).
 
 - the embedded default: multi-digit scenes from scikit-learn's bundled digits
   (:func:`make_digit_scenes`, :func:`digits_info`), split by source image;

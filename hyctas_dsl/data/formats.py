@@ -22,7 +22,6 @@ then, naming the file). All errors are :class:`DataError`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -170,13 +169,6 @@ class FileSource(Source):
                 mask_path,
             )
         return image, label.astype(np.uint8)
-
-    def verify(self, progress: Callable[[int], None] | None = None) -> None:
-        """Decode every pair once (raises the first DataError)."""
-        for i in range(len(self)):
-            self.load(i)
-            if progress:
-                progress(i)
 
 
 def _require_dir(path: Path, what: str) -> Path:

@@ -172,7 +172,13 @@ def make_datasets(
     (training augmentation of section 4.2 on train, normalisation only on val)."""
     from hyctas_dsl.data.formats import open_dataset
 
+    from hyctas_dsl.data.base import DataError
+
     train_src = open_dataset(spec, "train", **kw)
     val_src = open_dataset(spec, "val", **kw)
+    # A job cannot train on, or score against, nothing: say so before it starts.
+    for split, src in (("train", train_src), ("val", val_src)):
+        if len(src) == 0:
+            raise DataError(f"--data {spec}: the {split} split has no images")
     tt = train_transform or TrainTransform.for_dataset(train_src.info, crop)
     return SegmentationDataset(train_src, tt, seed), SegmentationDataset(val_src, None, seed)

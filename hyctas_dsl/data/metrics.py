@@ -30,9 +30,6 @@ class ConfusionMatrix:
         self.ignore_index = int(ignore_index)
         self.matrix = np.zeros((self.num_classes, self.num_classes), np.int64)
 
-    def reset(self) -> None:
-        self.matrix[...] = 0
-
     def update(self, pred, target) -> "ConfusionMatrix":
         """Add predicted labels and targets of the same shape (any shape, e.g. [N, H, W])."""
         k = self.num_classes

@@ -1,5 +1,7 @@
 """Pieces that supernet training, search and retraining share: resolving a space, the
-step-indexed batch order that makes ``--resume`` exact, and the loss."""
+step-indexed batch order that makes ``--resume`` exact, the loss, the optimizer and its
+checkpointed state, and the progress meter. The run directory around the loops (lock,
+checkpoints, resume, records) is :mod:`hyctas_dsl.run.rundir`."""
 
 from __future__ import annotations
 
@@ -15,8 +17,7 @@ from hyctas_dsl.ast import Space
 from hyctas_dsl.errors import HyctasError
 
 __all__ = ["resolve_space", "StepBatches", "StepDataset", "step_loader", "seg_loss", "IGNORE",
-           "make_optimizer", "optimizer_tensors", "load_optimizer_tensors", "TrainingDiverged",
-           "ResumeMismatch", "check_finite", "append_log", "check_resumable", "Progress"]
+           "make_optimizer", "optimizer_tensors", "load_optimizer_tensors", "Progress", "image_batches"]
 
 IGNORE = 255
 
@@ -112,6 +113,21 @@ def _one_thread(_worker: int) -> None:
     torch.set_num_threads(1)
 
 
+def image_batches(dataset, indices: list[int], batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Evaluation batches (images, labels) of ``dataset`` at ``indices`` in order: up to
+    ``batch`` consecutive images of one size, stacked without padding (padding would change
+    predictions near the border). Shared by dataset evaluation and candidate scoring."""
+    buf: list = []
+    for i in indices:
+        x, y = dataset.get(i, 0)
+        if buf and (x.shape != buf[0][0].shape or len(buf) == batch):
+            yield torch.stack([b[0] for b in buf]), torch.stack([b[1] for b in buf])
+            buf = []
+        buf.append((x, y))
+    if buf:
+        yield torch.stack([b[0] for b in buf]), torch.stack([b[1] for b in buf])
+
+
 def seg_loss(logits: torch.Tensor, labels: torch.Tensor, normalizer: float | None = None) -> torch.Tensor:
     """Pixel cross-entropy, ignoring label 255. With ``normalizer`` (the global count of
     labelled pixels over all ranks) the per-rank sums add up to the global mean."""
@@ -151,46 +167,6 @@ def load_optimizer_tensors(model: torch.nn.Module, optimizer, tensors: dict[str,
         key, pname = name.split(".", 1)
         device = params[pname].device if key != "step" else value.device
         optimizer.state[params[pname]][key] = value.to(device)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class ResumeMismatch(ValueError):
-    """``--resume`` with options that would not continue the same run."""
-
-
-def check_finite(loss: float, step: int, checkpoint: Path, lr: float) -> None:
-    """Stop a training loop at the first non-finite loss, before the optimizer step can
-    spoil the weights; the last checkpoint on disk stays the last good one."""
-    import math
-
-    if not math.isfinite(loss):
-        raise TrainingDiverged(
-            f"the loss became {loss} at step {step}; "
-            + (f"the last good checkpoint is kept in {checkpoint}" if checkpoint.exists() else "no checkpoint was written yet")
-            + f" (try a smaller --lr than {lr})"
-        )
-
-
-def append_log(path: Path, record: dict) -> None:
-    """One JSON line of a run's metrics log."""
-    import json
-
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def check_resumable(cfg, saved: dict, resumable: set[str], out: Path) -> None:
-    """``--resume`` continues a run only with the options that made it (``resumable``
-    ones, such as more steps or other workers, may change)."""
-    changed = sorted(k for k, v in cfg.model_dump(mode="json").items() if k not in resumable and saved.get(k) != v)
-    if changed:
-        raise ResumeMismatch(
-            f"{out}: cannot resume with changed option(s) {', '.join(changed)} "
-            f"(the run used {', '.join(f'{k}={saved.get(k)!r}' for k in changed)})"
-        )
 
 
 class Progress:

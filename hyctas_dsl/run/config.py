@@ -1,6 +1,9 @@
-"""Run configuration: every option of train-supernet and search can come from a TOML file,
-validated by pydantic (unknown keys are errors); the effective config is written beside the
-results so a run can be repeated exactly.
+"""Run configuration: every option of the long jobs (train-supernet, search, train) can come
+from a TOML file, validated by pydantic where each option is declared, so a job never sees a
+value it cannot use: unknown keys, wrong types (``steps = true`` is not 1), non-finite
+numbers, a crop that is not positive, a device that is not one are all errors naming the
+file and key. The effective config is written beside the results so a run can be repeated
+exactly.
 
 A config file has one table per command::
 
@@ -11,25 +14,51 @@ A config file has one table per command::
     [search]
     objective = "latency"
     population = 8
+
+    [train]
+    steps = 300
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["SupernetConfig", "SearchConfig", "ConfigError", "load_config", "merge"]
+from hyctas_dsl.run.errors import ConfigError
 
+__all__ = ["SupernetConfig", "SearchConfig", "TrainConfig", "ConfigError", "load_config", "merge", "TABLES"]
 
-class ConfigError(ValueError):
-    """A config file or option that cannot be used; the message names the file and key."""
+# The table of a config file that each job reads.
+TABLES = ("supernet", "search", "train")
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+# A height or width in pixels (a crop, a latency input).
+Pixels = Annotated[int, Field(ge=1, le=1 << 16)]
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: TOML's `true` is not the number 1, nor "3" the number 3 (ints still fill
+    # float fields); no NaN or infinity anywhere (`latency_seconds = inf` would time forever).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+    @field_validator("crop", "latency_input", mode="before", check_fields=False)
+    @classmethod
+    def _size_from_list(cls, v):
+        """TOML has arrays, not tuples: ``crop = [64, 64]``."""
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("device", check_fields=False)
+    @classmethod
+    def _device_spelling(cls, v: str) -> str:
+        """Whether the machine has it is checked when the job starts (that needs torch)."""
+        if not _DEVICE.fullmatch(v):
+            raise ValueError(f"unknown device {v!r}; use auto, cpu, cuda, cuda:N or mps")
+        return v
 
 
 class SupernetConfig(_Config):
@@ -42,7 +71,7 @@ class SupernetConfig(_Config):
     # enough steps; at 600 steps every subnet still predicted background (measured).
     steps: int = Field(3000, ge=1, description="training steps, one sampled subnet each")
     batch: int = Field(16, ge=1, description="global batch (the paper: 16)")
-    crop: Optional[tuple[int, int]] = Field(None, description="training crop HxW (default: the dataset's)")
+    crop: Optional[tuple[Pixels, Pixels]] = Field(None, description="training crop HxW (default: the dataset's)")
     optimizer: Optional[Literal["sgd", "adamw"]] = Field(
         None, description="sgd (the paper) or adamw; default: sgd, but adamw on the embedded digits"
     )
@@ -53,7 +82,7 @@ class SupernetConfig(_Config):
     weight_decay: float = Field(5e-4, ge=0)
     scheme: Optional[Literal["paper", "sandwich"]] = Field(
         None, description="paper: one subnet per step with the branch prior; sandwich: largest + smallest + random "
-        "subnets per step (BigNAS); default: paper, but sandwich on the embedded digits"
+        "subnets per step (BigNAS); default: paper"
     )
     random_subnets: int = Field(2, ge=0, description="sandwich: random subnets per step besides the largest and smallest")
     distill: Optional[float] = Field(
@@ -65,9 +94,9 @@ class SupernetConfig(_Config):
     shared_classifier: bool = Field(
         True, description="every head's stride-4 merge and classifier are one module (false: one per head)"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seeds numpy generators, which take no negative seeds")
     checkpoint_every: int = Field(100, ge=1)
-    workers: Optional[int] = Field(None, ge=0, description="DataLoader workers (default: 0 for in-memory digits, else 2)")
+    workers: Optional[int] = Field(None, ge=0, le=64, description="DataLoader workers (default: 0 for in-memory digits, else 2)")
     device: str = "auto"
 
 
@@ -94,7 +123,8 @@ class SearchConfig(_Config):
     data: str = "digits"
     out: str = Field("runs/search", description="where the Pareto front is written as .hy files")
     objective: Literal["latency", "flops", "params"] = "latency"
-    branches: list[int] = Field(default_factory=lambda: [1, 2, 3], description="one search per branch count")
+    branches: list[Annotated[int, Field(ge=1, le=3)]] = Field(
+        default_factory=lambda: [1, 2, 3], min_length=1, description="one search per branch count (1 to 3)")
     population: int = Field(8, ge=2, description="the paper: 40")
     generations: int = Field(4, ge=1, description="the paper: 20")
     crossover: float = Field(0.9, ge=0, le=1)
@@ -104,9 +134,40 @@ class SearchConfig(_Config):
     bn_images: int = Field(128, ge=1, description="images to recompute BatchNorm statistics (the paper: 1000)")
     val_images: int = Field(256, ge=1, description="validation images per candidate")
     latency_seconds: float = Field(0.3, gt=0, description="timed seconds per latency measurement (the paper: 6)")
-    latency_input: Optional[tuple[int, int]] = Field(None, description="HxW for latency (default: the data's size)")
-    seed: int = 0
+    latency_input: Optional[tuple[Pixels, Pixels]] = Field(None, description="HxW for latency (default: the data's size)")
+    seed: int = Field(0, ge=0, description="seeds numpy generators, which take no negative seeds")
     device: str = "auto"
+
+
+class TrainConfig(_Config):
+    """Retraining (paper section 4.2 "Retrain"); defaults sized for the embedded digits."""
+
+    data: str = Field("digits", description="dataset spec: digits, cityscapes:DIR, ade20k:DIR, folder:DIR")
+    out: str = Field("runs/train", description="output directory")
+    steps: int = Field(300, ge=1, description="training steps (the paper: 186k at batch 32)")
+    batch: int = Field(8, ge=1, description="global batch (the paper: 32)")
+    crop: Optional[tuple[Pixels, Pixels]] = Field(None, description="training crop HxW (default: the dataset's)")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (the paper) or adamw (learns short CPU budgets faster)")
+    lr: float = Field(0.005, gt=0, description="initial learning rate of the poly schedule (the paper: 0.005)")
+    power: float = Field(0.9, gt=0, description="poly power")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    drop_path: float = Field(0.2, ge=0, lt=1, description="final scheduled drop-path probability (Table 9: 0.2)")
+    aux: bool = Field(False, description="auxiliary losses on the stride-16 and stride-32 branch outputs")
+    aux_weight: float = Field(0.4, ge=0)
+    ohem: bool = Field(False, description="online hard-pixel mining")
+    ohem_thresh: float = Field(0.7, gt=0, lt=1, description="OHEM: keep pixels whose true-class probability is below this")
+    ohem_min_kept: int = Field(256, ge=1, description="OHEM: keep at least this many pixels per image")
+    amp: Literal["none", "bf16"] = "none"
+    seed: int = Field(0, ge=0, description="seeds numpy generators, which take no negative seeds")
+    checkpoint_every: int = Field(100, ge=1)
+    eval_images: int = Field(256, ge=0, description="validation images for the final mIoU (0: skip)")
+    workers: Optional[int] = Field(None, ge=0, le=64)
+    device: str = "auto"
+    # panoptic archs (``task panoptic``): Panoptic-DeepLab's loss weights and centre Gaussian
+    center_weight: float = Field(200.0, ge=0, description="panoptic: weight of the centre heatmap MSE (Panoptic-DeepLab: 200)")
+    offset_weight: float = Field(0.01, ge=0, description="panoptic: weight of the centre offset L1 (Panoptic-DeepLab: 0.01)")
+    center_sigma: float = Field(8.0, gt=0, description="panoptic: sigma in pixels of the centre Gaussians (Panoptic-DeepLab: 8)")
 
 
 def load_config(path: str | None) -> dict:
@@ -118,13 +179,15 @@ def load_config(path: str | None) -> dict:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: byte {e.start} is not UTF-8; save the config as UTF-8 text") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
-    unknown = set(data) - {"supernet", "search"}
+    unknown = set(data) - set(TABLES)
     if unknown:
-        raise ConfigError(f"{path}: unknown table [{sorted(unknown)[0]}]; use [supernet] and [search]")
+        raise ConfigError(f"{path}: unknown table [{sorted(unknown)[0]}]; use " + ", ".join(f"[{t}]" for t in TABLES))
     return data
 
 
@@ -137,5 +200,8 @@ def merge(model: type[_Config], path: str | None, table: dict, overrides: dict):
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(x) for x in err["loc"])
-        where = f"{path}: " if path and key in table else ""
+        top = str(err["loc"][0]) if err["loc"] else key
+        if overrides.get(top) is not None:  # given on the command line
+            raise ConfigError(f"option --{top.replace('_', '-')}: {err['msg']}") from None
+        where = f"{path}: " if path and top in table else ""
         raise ConfigError(f"{where}option `{key}`: {err['msg']}") from None

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from hyctas_dsl.ast import Arch, MetaEntry, Module, Space
 from hyctas_dsl.printer import dumps
-from hyctas_dsl.run.io import atomic_path, write_text
+from hyctas_dsl.fileio import atomic_path, write_text_atomic
 
 __all__ = ["OBJECTIVES", "with_meta", "write_front", "write_candidates", "plot_pareto", "pareto_mask"]
 
@@ -74,7 +74,7 @@ def write_front(out: Path, members: list[tuple[Arch, dict]], extra: dict | None 
         member = with_meta(arch, rec, name, extra)
         text = dumps(Module(decls=(space, member)) if space is not None else member)
         first, rest = text.split("\n", 1)
-        write_text(path, first + "\n\n" + header + rest.lstrip("\n"))
+        write_text_atomic(path, first + "\n\n" + header + rest.lstrip("\n"))
         rec["file"] = path.name
         paths.append(path)
     return paths
@@ -92,7 +92,7 @@ def write_candidates(path: Path, records: list[dict]) -> None:
         if "pq" in r:
             row["miou"] = r.get("semantic_miou", "")
         w.writerow(row)
-    write_text(path, buf.getvalue())
+    write_text_atomic(path, buf.getvalue())
 
 
 def plot_pareto(path: Path, records: list[dict], objective: str, title: str) -> None:

@@ -1,5 +1,5 @@
-"""Atomic writes and run records: a crash never leaves half a file, and every run writes
-what is needed to repeat it (config, seed, package versions, device)."""
+"""Run records: every run writes what is needed to repeat it (config, seed, package
+versions, device), as JSON written atomically (through :mod:`hyctas_dsl.fileio`)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from hyctas_dsl.fileio import atomic_path, write_text_atomic
+from hyctas_dsl.fileio import write_text_atomic
 
-__all__ = ["atomic_path", "write_json", "read_json", "environment", "write_text"]
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    write_text_atomic(path, text)
+__all__ = ["write_json", "read_json", "environment"]
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

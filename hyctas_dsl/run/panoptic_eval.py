@@ -21,7 +21,9 @@ from torch import nn
 
 from hyctas_dsl.data.base import Source
 from hyctas_dsl.data.panoptic import INSTANCE_STRIDE, VOID
-from hyctas_dsl.run.io import atomic_path, write_json
+from hyctas_dsl.fileio import atomic_path
+from hyctas_dsl.run.common import image_batches
+from hyctas_dsl.run.io import write_json
 from hyctas_dsl.run.panoptic import PanopticQuality, PostProcess, PQResult, as_outputs, post_process
 
 __all__ = ["PanopticEval", "make_panoptic_datasets", "evaluate_panoptic", "format_pq_table", "panoptic_grid",
@@ -88,7 +90,6 @@ def evaluate_panoptic(model: nn.Module, dataset, things: Sequence[int], indices:
     import time
 
     from hyctas_dsl.data import ConfusionMatrix
-    from hyctas_dsl.run.evaluation import _groups
 
     info = dataset.info
     device = torch.device(device)
@@ -105,9 +106,8 @@ def evaluate_panoptic(model: nn.Module, dataset, things: Sequence[int], indices:
         from tqdm import tqdm
 
         bar = tqdm(total=len(indices), desc="eval", unit="img", dynamic_ncols=True)
-    for group in _groups(dataset, indices, batch):
-        x = torch.stack([g[0] for g in group]).to(device)
-        gt = torch.stack([g[1] for g in group]).to(device)
+    for x_cpu, y_cpu in image_batches(dataset, indices, batch):
+        x, gt = x_cpu.to(device), y_cpu.to(device)
         p = params or PostProcess.for_size(x.shape[2], x.shape[3], **(post or {}))
         used = used or p
         t0 = time.perf_counter()
@@ -118,11 +118,11 @@ def evaluate_panoptic(model: nn.Module, dataset, things: Sequence[int], indices:
         t_net += t1 - t0
         cm.update(logits.argmax(1), gt % INSTANCE_STRIDE)
         pq.update(gt, pred)
-        for j in range(len(group)):
+        for j in range(len(x)):
             if len(kept) < samples:
-                kept.append((group[j][0].numpy(), gt[j].cpu().numpy(), pred[j].cpu().numpy()))
+                kept.append((x_cpu[j].numpy(), gt[j].cpu().numpy(), pred[j].cpu().numpy()))
         if bar is not None:
-            bar.update(len(group))
+            bar.update(len(x))
     if bar is not None:
         bar.close()
     model.train(was_training)

@@ -34,36 +34,26 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from hyctas_dsl.ast import Arch
 from hyctas_dsl.run import dist
-from hyctas_dsl.run.common import (
-    IGNORE,
-    Progress,
-    append_log,
-    check_finite,
-    check_resumable,
-    load_optimizer_tensors,
-    make_optimizer,
-    optimizer_tensors,
-    step_loader,
-)
-from hyctas_dsl.run.config import _Config
-from hyctas_dsl.run.io import atomic_path, environment, write_json
-from hyctas_dsl.run.supernet import ResumeMismatch, _trim_log, default_workers
+from hyctas_dsl.run.common import IGNORE, Progress, make_optimizer, step_loader
+from hyctas_dsl.run.config import TrainConfig
+from hyctas_dsl.run.errors import JobError
+from hyctas_dsl.fileio import atomic_path
+from hyctas_dsl.run.rundir import CHECKPOINT, RunDir
+from hyctas_dsl.run.supernet import default_workers
 
 __all__ = ["TrainConfig", "TrainResult", "RetrainNet", "GlobalBatchNorm2d", "train", "poly_lr",
            "drop_path_at", "ohem_loss", "plot_curve", "CHECKPOINT", "MODEL"]
 
-CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
 FORMAT = "hyctas-train-1"
 LOG_EVERY = 10
@@ -71,37 +61,6 @@ AUX_STRIDES = (16, 32)
 
 # Options that may change between a run and its resumption.
 _RESUMABLE = {"workers", "checkpoint_every", "device", "out", "eval_images"}
-
-
-class TrainConfig(_Config):
-    """Retraining (paper section 4.2 "Retrain"); defaults sized for the embedded digits."""
-
-    data: str = Field("digits", description="dataset spec: digits, cityscapes:DIR, ade20k:DIR, folder:DIR")
-    out: str = Field("runs/train", description="output directory")
-    steps: int = Field(300, ge=1, description="training steps (the paper: 186k at batch 32)")
-    batch: int = Field(8, ge=1, description="global batch (the paper: 32)")
-    crop: Optional[tuple[int, int]] = Field(None, description="training crop HxW (default: the dataset's)")
-    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (the paper) or adamw (learns short CPU budgets faster)")
-    lr: float = Field(0.005, gt=0, description="initial learning rate of the poly schedule (the paper: 0.005)")
-    power: float = Field(0.9, gt=0, description="poly power")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    drop_path: float = Field(0.2, ge=0, lt=1, description="final scheduled drop-path probability (Table 9: 0.2)")
-    aux: bool = Field(False, description="auxiliary losses on the stride-16 and stride-32 branch outputs")
-    aux_weight: float = Field(0.4, ge=0)
-    ohem: bool = Field(False, description="online hard-pixel mining")
-    ohem_thresh: float = Field(0.7, gt=0, lt=1, description="OHEM: keep pixels whose true-class probability is below this")
-    ohem_min_kept: int = Field(256, ge=1, description="OHEM: keep at least this many pixels per image")
-    amp: Literal["none", "bf16"] = "none"
-    seed: int = 0
-    checkpoint_every: int = Field(100, ge=1)
-    eval_images: int = Field(256, ge=0, description="validation images for the final mIoU (0: skip)")
-    workers: Optional[int] = Field(None, ge=0)
-    device: str = "auto"
-    # panoptic archs (``task panoptic``): Panoptic-DeepLab's loss weights and centre Gaussian
-    center_weight: float = Field(200.0, ge=0, description="panoptic: weight of the centre heatmap MSE (Panoptic-DeepLab: 200)")
-    offset_weight: float = Field(0.01, ge=0, description="panoptic: weight of the centre offset L1 (Panoptic-DeepLab: 0.01)")
-    center_sigma: float = Field(8.0, gt=0, description="panoptic: sigma in pixels of the centre Gaussians (Panoptic-DeepLab: 8)")
 
 
 @dataclass
@@ -231,36 +190,6 @@ def _seed_for(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
-def _save_checkpoint(path: Path, model: nn.Module, optimizer, step: int, cfg: TrainConfig, arch_text: str, loss: float) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors.update(optimizer_tensors(model, optimizer))
-    meta = {"format": FORMAT, "step": str(step), "config": cfg.model_dump_json(), "arch": arch_text, "loss": repr(loss)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
-def _load_checkpoint(path: Path, model: nn.Module, optimizer) -> tuple[int, dict, str, float]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise ResumeMismatch(f"{path}: not a hyctas retraining checkpoint")
-            state = {k[len("model.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
-            momentum = {k[len("optim.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("optim.")}
-    except ResumeMismatch:
-        raise
-    except Exception as e:  # a damaged header
-        raise ResumeMismatch(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:120]})") from None
-    device = next(model.parameters()).device
-    model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
-    load_optimizer_tensors(model, optimizer, momentum)
-    return int(meta["step"]), json.loads(meta["config"]), meta.get("arch", ""), float(meta.get("loss", "nan"))
-
-
 def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
 
@@ -269,16 +198,23 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
           stop_after: Optional[int] = None) -> TrainResult:
     """Retrain ``arch`` from scratch as configured. ``stop_after``: stop (with a checkpoint)
     after that many steps, as an interruption would; ``resume`` continues exactly."""
+    info = dist.init(cfg.device)
+    with RunDir(cfg.out, "train", FORMAT, finals=(MODEL,), main=info.is_main) as run:
+        return _train(cfg, arch, run, info, resume, progress, stop_after)
+
+
+def _train(cfg: TrainConfig, arch: Arch, run: RunDir, info: dist.DistInfo, resume: bool, progress: bool,
+           stop_after: Optional[int]) -> TrainResult:
     from hyctas_dsl.compiler import export, set_drop_path
     from hyctas_dsl.compiler.checkpoint import save_model
     from hyctas_dsl.data import make_datasets
     from hyctas_dsl.printer import dumps
 
-    info = dist.init(cfg.device)
     if cfg.amp == "bf16" and info.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ResumeMismatch("--amp bf16: this GPU does not support bfloat16")
-    out = Path(cfg.out)
+        raise JobError("--amp bf16: this GPU does not support bfloat16")
+    out = run.out
     arch_text = dumps(arch.model_copy(update={"meta": ()}))
+    identity = {"arch": arch_text}
     torch.manual_seed(cfg.seed)
     panoptic = arch.task == "panoptic"
     if panoptic:  # labels are panoptic id maps; the semantic label is their low byte
@@ -295,25 +231,9 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
         _sync_batchnorm(model, info.device)
     optimizer = make_optimizer(cfg, model.parameters())
 
-    start, last_loss = 0, float("nan")
-    ckpt = out / CHECKPOINT
-    if resume:
-        if not ckpt.exists():
-            raise ResumeMismatch(f"{out}: no {CHECKPOINT} to resume from")
-        start, saved, saved_arch, last_loss = _load_checkpoint(ckpt, model, optimizer)
-        if saved_arch != arch_text:
-            raise ResumeMismatch(f"{out}: the run retrains another architecture; resume it with the same arch file")
-        check_resumable(cfg, saved, _RESUMABLE, out)
-    elif ckpt.exists():
-        raise ResumeMismatch(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", {
-            "command": "train", "config": cfg.model_dump(mode="json"), "arch": arch_text, "classes": classes,
-            "aux_strides": model.aux_strides, "world_size": info.world, "environment": environment(info.device),
-        })
-        _trim_log(out / "log.jsonl", start)
+    start, last_loss = run.begin(cfg, model, optimizer, resume, _RESUMABLE, identity)
+    run.record_config({"config": cfg.model_dump(mode="json"), "arch": arch_text, "classes": classes,
+                       "aux_strides": model.aux_strides, "world_size": info.world}, info.device)
 
     train_model: nn.Module = model
     if info.enabled:
@@ -366,7 +286,7 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
         if info.enabled:
             torch_dist.all_reduce(parts)
         loss_value = float(parts[0] + cfg.aux_weight * parts[1] + parts[2])
-        check_finite(loss_value, step, ckpt, cfg.lr)
+        run.check_loss(loss_value, step, cfg.lr)
         optimizer.step()
         done = step + 1
         if info.is_main:
@@ -378,14 +298,18 @@ def train(cfg: TrainConfig, arch: Arch, resume: bool = False, progress: bool = T
                     rec["aux_loss"] = float(parts[1])
                 if panoptic:
                     rec["instance_loss"] = float(parts[2])
-                append_log(out / "log.jsonl", rec)
-            if done % cfg.checkpoint_every == 0 or done == stop:
-                _save_checkpoint(ckpt, model, optimizer, done, cfg, arch_text, loss_value)
+                run.log(rec)
+        # every rank checks the weights it holds, so a divergence stops them all (only rank 0 writes)
+        if done % cfg.checkpoint_every == 0 or done == stop:
+            run.save(model, optimizer, done, cfg, loss_value, identity)
+            if info.is_main:
                 plot_curve(out / "log.jsonl", out / "curve.png", arch.name)
     meter.close()
     dist.barrier(info)
     miou = None
     if done >= cfg.steps:
+        # The final artefact, derived from the last checkpoint's weights (also when resuming
+        # a finished run, so a crash between the two never leaves a stale one).
         if info.is_main:
             save_model(net, arch, out / MODEL, classes)
         if panoptic:
@@ -403,7 +327,7 @@ def _final_eval(cfg: TrainConfig, net: nn.Module, val_set, info, out: Path, step
     """Single-scale validation mIoU of the finished network, split over ranks."""
     if cfg.eval_images == 0:
         return None
-    from hyctas_dsl.run.evaluation import evaluate
+    from hyctas_dsl.run.dataset_eval import evaluate
 
     n = min(cfg.eval_images, len(val_set))
     res = evaluate(net, val_set, indices=list(range(n)), device=info.device, dist_info=info)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from hyctas_dsl.ast import Arch
 from hyctas_dsl.run import dist
-from hyctas_dsl.run.config import ConfigError, SearchConfig, SupernetConfig
+from hyctas_dsl.run.config import SearchConfig, SupernetConfig
+from hyctas_dsl.run.errors import ConfigError
 from hyctas_dsl.run.io import environment, write_json
 
 __all__ = ["search", "SearchSummary"]
@@ -51,17 +52,26 @@ def _gathered(info: dist.DistInfo, items: list, fn) -> list:
 
 
 def search(cfg: SearchConfig, resume: bool = False, progress: bool = True, supernet_cfg: SupernetConfig | None = None) -> SearchSummary:
-    """Run the search as configured. Without ``cfg.supernet`` a supernet is trained first into
-    OUT/supernet, configured by ``supernet_cfg`` (the config file's ``[supernet]`` table; its
-    ``out``, ``data``, ``seed`` and ``device`` default to the search's)."""
+    """Run the search as configured and write the Pareto front into ``cfg.out`` (locked for
+    the search's life). Without ``cfg.supernet`` a supernet is trained first into
+    OUT/supernet (a run directory of its own), configured by ``supernet_cfg`` (the config
+    file's ``[supernet]`` table; its ``out``, ``data``, ``seed`` and ``device`` default to the
+    search's)."""
+    from hyctas_dsl.run.rundir import RunDir
+
+    info = dist.init(cfg.device)
+    with RunDir(cfg.out, "search", "hyctas-search-1", main=info.is_main, option="--emit-dsl"):
+        return _search(cfg, resume, progress, supernet_cfg)
+
+
+def _search(cfg: SearchConfig, resume: bool, progress: bool, supernet_cfg: SupernetConfig | None) -> SearchSummary:
     from hyctas_dsl.compiler import export
     from hyctas_dsl.compiler.checkpoint import load_supernet
     from hyctas_dsl.cost import arch_cost
     from hyctas_dsl.data import make_datasets
-    from hyctas_dsl.nsga import SearchConfig as NSGAConfig
-    from hyctas_dsl.nsga import run_search
-    from hyctas_dsl.run.emit import OBJECTIVES, plot_pareto, write_candidates, write_front
-    from hyctas_dsl.run.evaluate import CandidateEvaluator
+    from hyctas_dsl.nsga import NSGAConfig, run_search
+    from hyctas_dsl.run.emit import OBJECTIVES
+    from hyctas_dsl.run.candidate_eval import CandidateEvaluator
     from hyctas_dsl.run.latency import measure_latency
     from hyctas_dsl.run.latency_lut import LatencyLUT
 
@@ -131,7 +141,7 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True, super
         totals = [arch_cost(a, data_size, supernet.classes).total for a in archs]
         return [float(t.macs if cfg.objective == "flops" else t.params) for t in totals]
 
-    def evaluate(archs: list[Arch]) -> list[dict]:
+    def score(archs: list[Arch]) -> list[dict]:
         nonlocal n_evaluated
         results = _gathered(info, archs, lambda a: evaluator(a))
         n_evaluated += len(archs)
@@ -155,14 +165,25 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True, super
                 f"front {len(res.front)}, best {'PQ' if cfg.metric == 'pq' else 'mIoU'} {best:.3f}, evaluated {res.evaluations}")
 
         say(f"search: {nb} branch{'es' * (nb > 1)}, population {cfg.population}, {cfg.generations} generations")
-        results[nb] = run_search(space, evaluate, cost, ncfg, state_path=state, resume=resume and state.exists(),
+        results[nb] = run_search(space, score, cost, ncfg, state_path=state, resume=resume and state.exists(),
                                  save_state=info.is_main, on_generation=report)
     t_search = time.perf_counter() - t_genome_start
     dist.barrier(info)
 
-    # ---- outputs (rank 0)
+    records, members = _collect(results, OBJECTIVES[cfg.objective][0])
+    files: list[Path] = []
+    lut_error = None
+    if info.is_main:
+        timings = evaluator.timings.to_json()
+        timings.update({"supernet_training": t_train, "latency_measurement": t_latency, "search_total": t_search})
+        files, lut_error = _write_outputs(cfg, info, records, members, supernet, sn_file, lut, lat_input,
+                                          timings, n_evaluated, say)
+    return SearchSummary(out, files, n_evaluated, time.perf_counter() - t_start, lut_error)
+
+
+def _collect(results: dict, field: str) -> tuple[list[dict], list[tuple[Arch, dict]]]:
+    """Every candidate as a candidates.csv row, and the Pareto members (arch, facts)."""
     records, members = [], []
-    field = OBJECTIVES[cfg.objective][0]
     for nb, res in results.items():
         front_keys = {r.key for r in res.front}
         for r in res.history:
@@ -182,43 +203,48 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True, super
             facts = dict(r.facts, generation=r.generation, miou=r.miou)
             facts.setdefault(field, r.cost)
             members.append((r.arch, facts))
+    return records, members
 
-    files: list[Path] = []
-    lut_error = None
-    if info.is_main:
-        files = write_front(out, members, {"search_seed": cfg.seed, "objective": cfg.objective,
-                                           **({"metric": "pq"} if cfg.metric == "pq" else {})}, space=space)
-        by_key = {m[1]["key"]: m[1].get("file") for m in members}
-        for row in records:
-            if row.get("on_front"):
-                row["file"] = by_key.get(row["key"], "")
-        evaluated = [r for r in records if "miou" in r and r.get("status") != "over_cost"]
-        write_candidates(out / "candidates.csv", records)
-        plot_pareto(out / "pareto.png", evaluated, cfg.objective,
-                    f"hyctas search on {cfg.data}: {len(evaluated)} candidates, objective {cfg.objective}")
-        # The lookup-table predictor, checked against measurement on the final front.
-        if cfg.objective == "latency":
-            for a, f in members:
-                f["latency_lut_ms"] = lut.predict(export(a, supernet, supernet.classes), lat_input)
-        errors = [abs(f["latency_lut_ms"] - f["latency_ms"]) / f["latency_ms"] for _a, f in members
-                  if "latency_lut_ms" in f and f["latency_ms"] > 0]
-        lut_error = statistics.mean(errors) if errors else None
-        if errors:
-            say("latency predictor (lookup table) vs measurement on the final front:")
-            for a, f in members:
-                say(f"  {f.get('file', '?'):24s} measured {f['latency_ms']:8.2f} ms   predicted {f['latency_lut_ms']:8.2f} ms")
-            say(f"  mean absolute error {100 * lut_error:.1f}%")
-        timings = evaluator.timings.to_json()
-        timings.update({"supernet_training": t_train, "latency_measurement": t_latency,
-                        "search_total": t_search})
-        timings["genome_and_nsga"] = max(t_search - sum(v for k, v in timings.items() if k not in ("supernet_training", "search_total")), 0.0)
-        write_json(out / "summary.json", {
-            "command": "search", "config": cfg.model_dump(mode="json"), "supernet": str(sn_file),
-            "space": space.name, "world_size": info.world, "evaluated": n_evaluated,
-            "front": [str(p.name) for p in files], "timings_s": timings,
-            "latency_lut_mean_abs_error": lut_error,
-            "latency_lut": [{"file": f.get("file"), "measured_ms": f["latency_ms"], "predicted_ms": f["latency_lut_ms"]}
-                            for _a, f in members if "latency_lut_ms" in f],
-            "environment": environment(info.device),
-        })
-    return SearchSummary(out, files, n_evaluated, time.perf_counter() - t_start, lut_error)
+
+def _write_outputs(cfg: SearchConfig, info: dist.DistInfo, records: list[dict], members: list[tuple[Arch, dict]],
+                   supernet, sn_file: Path, lut, lat_input: tuple, timings: dict, n_evaluated: int,
+                   say) -> tuple[list[Path], float | None]:
+    """The front as .hy files, candidates.csv, pareto.png and summary.json (rank 0)."""
+    from hyctas_dsl.compiler import export
+    from hyctas_dsl.run.emit import plot_pareto, write_candidates, write_front
+
+    out = Path(cfg.out)
+    files = write_front(out, members, {"search_seed": cfg.seed, "objective": cfg.objective,
+                                       **({"metric": "pq"} if cfg.metric == "pq" else {})}, space=supernet.space)
+    by_key = {m[1]["key"]: m[1].get("file") for m in members}
+    for row in records:
+        if row.get("on_front"):
+            row["file"] = by_key.get(row["key"], "")
+    evaluated = [r for r in records if "miou" in r and r.get("status") != "over_cost"]
+    write_candidates(out / "candidates.csv", records)
+    plot_pareto(out / "pareto.png", evaluated, cfg.objective,
+                f"hyctas search on {cfg.data}: {len(evaluated)} candidates, objective {cfg.objective}")
+    # The lookup-table predictor, checked against measurement on the final front.
+    if cfg.objective == "latency":
+        for a, f in members:
+            f["latency_lut_ms"] = lut.predict(export(a, supernet, supernet.classes), lat_input)
+    errors = [abs(f["latency_lut_ms"] - f["latency_ms"]) / f["latency_ms"] for _a, f in members
+              if "latency_lut_ms" in f and f["latency_ms"] > 0]
+    lut_error = statistics.mean(errors) if errors else None
+    if errors:
+        say("latency predictor (lookup table) vs measurement on the final front:")
+        for a, f in members:
+            say(f"  {f.get('file', '?'):24s} measured {f['latency_ms']:8.2f} ms   predicted {f['latency_lut_ms']:8.2f} ms")
+        say(f"  mean absolute error {100 * lut_error:.1f}%")
+    t_search = timings["search_total"]
+    timings["genome_and_nsga"] = max(t_search - sum(v for k, v in timings.items() if k not in ("supernet_training", "search_total")), 0.0)
+    write_json(out / "summary.json", {
+        "command": "search", "config": cfg.model_dump(mode="json"), "supernet": str(sn_file),
+        "space": supernet.space.name, "world_size": info.world, "evaluated": n_evaluated,
+        "front": [str(p.name) for p in files], "timings_s": timings,
+        "latency_lut_mean_abs_error": lut_error,
+        "latency_lut": [{"file": f.get("file"), "measured_ms": f["latency_ms"], "predicted_ms": f["latency_lut_ms"]}
+                        for _a, f in members if "latency_lut_ms" in f],
+        "environment": environment(info.device),
+    })
+    return files, lut_error

@@ -7,8 +7,10 @@ SGD (momentum 0.9, weight decay 5e-4), lr 0.02 with exponential decay 0.992 ever
 ``SupernetConfig.resolved``). A run directory holds:
 
 - ``checkpoint.safetensors``: supernet weights, optimizer momentum and the step, in one file
-  written atomically every ``checkpoint_every`` steps (the state ``--resume`` continues from);
-- ``supernet.safetensors``: the supernet alone, for ``hyctas search`` (hyctas_dsl.compiler);
+  written atomically every ``checkpoint_every`` steps when every tensor is finite (the state
+  ``--resume`` continues from; see ``run/rundir.py``);
+- ``supernet.safetensors``: the supernet alone, for ``hyctas search`` (hyctas_dsl.compiler),
+  written from the last checkpoint's weights when the run finishes;
 - ``config.json``: the effective config, seed, package versions and device;
 - ``log.jsonl``: loss, lr and throughput per logged step.
 
@@ -24,38 +26,29 @@ out because each step runs a different subnet of the shared weights.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as torch_dist
 
 from hyctas_dsl.run import dist
-from hyctas_dsl.run.common import (  # noqa: F401 - the errors are re-exported for callers
-    ResumeMismatch,
-    TrainingDiverged,
-    append_log,
-    check_finite,
+from hyctas_dsl.run.common import (
     Progress,
-    check_resumable,
-    load_optimizer_tensors,
     make_optimizer,
-    optimizer_tensors,
     resolve_space,
-    seg_loss,
     step_loader,
 )
 from hyctas_dsl.run.config import SupernetConfig
+from hyctas_dsl.run.errors import ResumeMismatch, TrainingDiverged
+from hyctas_dsl.run.rundir import CHECKPOINT, RunDir
 from hyctas_dsl.run.schemes import step_subnets, train_step
-from hyctas_dsl.run.io import atomic_path, environment, read_json, write_json
 
-__all__ = ["train_supernet", "TrainingDiverged", "ResumeMismatch", "SupernetResult"]
+__all__ = ["train_supernet", "TrainingDiverged", "ResumeMismatch", "SupernetResult", "CHECKPOINT", "SUPERNET"]
 
-CHECKPOINT = "checkpoint.safetensors"
 SUPERNET = "supernet.safetensors"
+FORMAT = "hyctas-supernet-train-1"
 LOG_EVERY = 10
 
 # Options that may change between a run and its resumption (more steps, other workers).
@@ -74,40 +67,23 @@ def _lr(cfg: SupernetConfig, step: int) -> float:
     return cfg.lr * cfg.lr_decay ** (step // cfg.decay_every)
 
 
-def _save_checkpoint(path: Path, supernet, optimizer, step: int, cfg: SupernetConfig, loss: float) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in supernet.state_dict().items()}
-    tensors.update(optimizer_tensors(supernet, optimizer))
-    meta = {"format": "hyctas-supernet-train-1", "step": str(step), "config": cfg.model_dump_json(), "loss": repr(loss)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
-def _load_checkpoint(path: Path, supernet, optimizer) -> tuple[int, dict, float]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != "hyctas-supernet-train-1":
-            raise ResumeMismatch(f"{path}: not a hyctas supernet training checkpoint")
-        model_state = {k[len("model.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
-        opt_state = {k[len("optim.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("optim.")}
-    supernet.load_state_dict(model_state, strict=True)
-    load_optimizer_tensors(supernet, optimizer, opt_state)
-    return int(meta["step"]), json.loads(meta["config"]), float(meta.get("loss", "nan"))
-
-
 def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = True) -> SupernetResult:
     """Train a supernet as configured; returns where it was written."""
+    cfg = cfg.resolved()
+    info = dist.init(cfg.device)
+    with RunDir(cfg.out, "train-supernet", FORMAT, finals=(SUPERNET,), main=info.is_main) as run:
+        return _train(cfg, run, info, resume, progress)
+
+
+def _train(cfg: SupernetConfig, run: RunDir, info: dist.DistInfo, resume: bool, progress: bool) -> SupernetResult:
     from hyctas_dsl.compiler import Supernet
     from hyctas_dsl.compiler.checkpoint import save_supernet
     from hyctas_dsl.data import make_datasets
+    from hyctas_dsl.printer import dumps
 
-    cfg = cfg.resolved()
-    info = dist.init(cfg.device)
-    out = Path(cfg.out)
+    out = run.out
     space = resolve_space(cfg.space)
+    identity = {"space": dumps(space)}
     torch.manual_seed(cfg.seed)
     panoptic = space.task == "panoptic"  # labels are panoptic id maps; sampled archs are panoptic
     if panoptic:
@@ -121,24 +97,9 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     supernet = Supernet(space, classes=classes, shared_classifier=cfg.shared_classifier).to(info.device)
     optimizer = make_optimizer(cfg, supernet.parameters())
 
-    start, last_loss = 0, float("nan")
-    ckpt = out / CHECKPOINT
-    if resume:
-        if not ckpt.exists():
-            raise ResumeMismatch(f"{out}: no {CHECKPOINT} to resume from")
-        start, saved, last_loss = _load_checkpoint(ckpt, supernet, optimizer)
-        check_resumable(cfg, saved, _RESUMABLE, out)
-    elif ckpt.exists():
-        raise ResumeMismatch(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(
-            out / "config.json",
-            {"command": "train-supernet", "config": cfg.model_dump(mode="json"), "classes": classes,
-             "space": space.name, "world_size": info.world, "environment": environment(info.device)},
-        )
-        _trim_log(out / "log.jsonl", start)
+    start, last_loss = run.begin(cfg, supernet, optimizer, resume, _RESUMABLE, identity)
+    run.record_config({"config": cfg.model_dump(mode="json"), "classes": classes, "space": space.name,
+                       "world_size": info.world}, info.device)
 
     loader = step_loader(train_set, cfg.batch, cfg.seed, start, cfg.steps, info.rank, info.world, default_workers(cfg))
     meter = Progress(cfg.steps, start, "supernet", progress and info.is_main)
@@ -167,19 +128,21 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
                 if p.grad is not None:
                     torch_dist.all_reduce(p.grad)
         loss_value = float(loss_sum.item())
-        check_finite(loss_value, step, ckpt, cfg.lr)
+        run.check_loss(loss_value, step, cfg.lr)
         optimizer.step()
         done = step + 1
         if info.is_main:
             rate = meter.step(cfg.batch, loss_value, f"{_lr(cfg, step):.4f}")
             if done % LOG_EVERY == 0 or done == cfg.steps:
-                append_log(out / "log.jsonl", {"step": done, "loss": loss_value, "lr": _lr(cfg, step), "img_per_s": rate})
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                _save_checkpoint(ckpt, supernet, optimizer, done, cfg, loss_value)
-                save_supernet(supernet, out / SUPERNET)
+                run.log({"step": done, "loss": loss_value, "lr": _lr(cfg, step), "img_per_s": rate})
+        # every rank checks the weights it holds, so a divergence stops them all (only rank 0 writes)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            run.save(supernet, optimizer, done, cfg, loss_value, identity)
     meter.close()
     dist.barrier(info)
-    if info.is_main and start >= cfg.steps and not (out / SUPERNET).exists():
+    # The final artefact, derived from the last checkpoint's weights (also when resuming a
+    # finished run, so a crash between the two never leaves a stale one).
+    if info.is_main:
         save_supernet(supernet, out / SUPERNET)
     return SupernetResult(out, cfg.steps, loss_value, time.perf_counter() - meter.t0)
 
@@ -189,22 +152,3 @@ def default_workers(cfg) -> int:
     if cfg.workers is not None:
         return cfg.workers
     return 0 if cfg.data.split(":")[0] == "digits" else 2
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """On resume, drop log lines past the checkpoint, so the log reads as one run."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (ValueError, KeyError):
-            continue
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-
-
-def load_run_config(out: Path) -> dict:
-    return read_json(Path(out) / "config.json")

@@ -1,7 +1,9 @@
-"""Candidate evaluation with the supernet's weights (paper section 4.2, "Search"):
+"""Scoring search candidates on the supernet's weights (paper section 4.2, "Search"):
 recompute BatchNorm statistics on a fixed random subset of training images, then measure
-mIoU on the validation split; MACs and params come from the analytic model. (Latency is the
-search's cost objective, measured in ``search.py`` before this expensive step runs.)"""
+mIoU on the validation split (PQ when the search's metric is PQ), with the bootstrap sd of
+the mIoU; MACs and params come from the analytic model. (Latency is the
+search's cost objective, measured in ``search.py`` before this expensive step runs.) Evaluating trained weights on a
+data set is :mod:`hyctas_dsl.run.dataset_eval`."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from hyctas_dsl.api import canonical_key
 from hyctas_dsl.ast import Arch
 from hyctas_dsl.cost import arch_cost
 from hyctas_dsl.data.metrics import bootstrap_miou_sd
+from hyctas_dsl.run.common import image_batches
 
 __all__ = ["CandidateEvaluator", "recalibrate_bn", "evaluate_miou", "per_image_confusion", "Timings"]
 
@@ -27,12 +30,14 @@ def _batchnorms(module: nn.Module):
 @torch.no_grad()
 def recalibrate_bn(view: nn.Module, batches: list[torch.Tensor]) -> None:
     """Reset the BatchNorm statistics a subnet uses and recompute them as a plain average
-    over ``batches`` (momentum None), in training mode without gradients."""
-    owners = getattr(view, "ops", view)
-    for m in _batchnorms(owners):
+    over ``batches`` (momentum None), in training mode without gradients. ``view`` is a
+    supernet's SubnetView (its statistics live in the supernet) or a standalone network."""
+    from hyctas_dsl.compiler import SubnetView
+
+    stores, layers = view.batchnorms() if isinstance(view, SubnetView) else (_batchnorms(view), _batchnorms(view))
+    for m in stores:
         m.reset_running_stats()
-    skeleton = getattr(view, "net", view)
-    saved = [(m, m.momentum) for m in _batchnorms(skeleton)]
+    saved = [(m, m.momentum) for m in layers]
     for m, _ in saved:
         m.momentum = None
     view.train()
@@ -72,7 +77,7 @@ def per_image_confusion(model: nn.Module, batches: list[tuple[torch.Tensor, torc
 
 @dataclass
 class Timings:
-    """Where the search's time goes (issue 4, evidence 3)."""
+    """Where the search's time goes, per stage, reported in summary.json."""
 
     bn: float = 0.0
     eval: float = 0.0
@@ -110,8 +115,8 @@ class CandidateEvaluator:
         bn_idx = sorted(rng.choice(len(train_set), size=min(bn_images, len(train_set)), replace=False).tolist())
         val_idx = list(range(min(val_images, len(val_set))))
         # The same images for every candidate, loaded once: comparisons are fair and cheap.
-        self.bn_batches = [b[0].to(device) for b in _batches(train_set, bn_idx, batch)]
-        self.val_batches = [(x.to(device), y.to(device)) for x, y in _batches(val_set, val_idx, batch)]
+        self.bn_batches = [x.to(device) for x, _y in image_batches(train_set, bn_idx, batch)]
+        self.val_batches = [(x.to(device), y.to(device)) for x, y in image_batches(val_set, val_idx, batch)]
         self.data_size = tuple(self.val_batches[0][0].shape[-2:])
 
     def __call__(self, arch: Arch) -> dict:
@@ -148,10 +153,3 @@ class CandidateEvaluator:
             **extra,
         }
         return out
-
-
-def _batches(dataset, indices: list[int], batch: int):
-    from hyctas_dsl.data import pad_collate
-
-    for i in range(0, len(indices), batch):
-        yield pad_collate([dataset.get(j, 0) for j in indices[i : i + batch]])

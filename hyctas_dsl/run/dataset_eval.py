@@ -1,10 +1,11 @@
-"""Evaluation of a trained network (paper section 4.2, "Evaluation"): mIoU per class and
+"""Dataset evaluation of a trained network (paper section 4.2, "Evaluation"): mIoU per class and
 mean, single-scale by default; flipping and multi-scale inference optional (the paper
 reports neither unless stated); the confusion matrix; a picture grid of image / ground truth
 / prediction in the data set's palette (the paper's Figure 5).
 
 Multi-scale and flip average the softmax probabilities of every (scale, flip) pass after
-resizing them back to the image's size.
+resizing them back to the image's size. (Scoring search candidates on the supernet is
+:mod:`hyctas_dsl.run.candidate_eval`; both batch images with ``common.image_batches``.)
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyctas_dsl.run.io import atomic_path, write_json, write_text
+from hyctas_dsl.fileio import atomic_path, write_text_atomic
+from hyctas_dsl.run.common import image_batches
+from hyctas_dsl.run.io import write_json
 
 __all__ = ["EvalResult", "evaluate", "predict", "picture_grid", "write_confusion", "format_table"]
 
@@ -62,19 +65,6 @@ def predict(model: nn.Module, x: torch.Tensor, scales: Sequence[float] = (1.0,),
     return total
 
 
-def _groups(dataset, indices: list[int], batch: int):
-    """Batches of consecutive images of one size (no padding changes any prediction)."""
-    buf: list = []
-    for i in indices:
-        x, y = dataset.get(i, 0)
-        if buf and (x.shape != buf[0][0].shape or len(buf) == batch):
-            yield buf
-            buf = []
-        buf.append((x, y))
-    if buf:
-        yield buf
-
-
 def evaluate(model: nn.Module, dataset, indices: Optional[list[int]] = None, device="cpu",
              scales: Sequence[float] = (1.0,), flip: bool = False, batch: int = 16,
              samples: int = 0, dist_info=None, progress: bool = False) -> EvalResult:
@@ -97,17 +87,16 @@ def evaluate(model: nn.Module, dataset, indices: Optional[list[int]] = None, dev
 
         bar = tqdm(total=len(mine), desc="eval", unit="img", dynamic_ncols=True)
     pos = 0
-    for group in _groups(dataset, mine, batch):
-        x = torch.stack([g[0] for g in group]).to(device)
-        y = torch.stack([g[1] for g in group]).to(device)
+    for x_cpu, y_cpu in image_batches(dataset, mine, batch):
+        x, y = x_cpu.to(device), y_cpu.to(device)
         pred = predict(model, x, scales, flip).argmax(1)
         cm.update(pred, y)
-        for j in range(len(group)):
+        for j in range(len(x)):
             if mine[pos + j] in grid_idx:
-                kept.append((group[j][0].numpy(), group[j][1].numpy(), pred[j].cpu().numpy()))
-        pos += len(group)
+                kept.append((x_cpu[j].numpy(), y_cpu[j].numpy(), pred[j].cpu().numpy()))
+        pos += len(x)
         if bar is not None:
-            bar.update(len(group))
+            bar.update(len(x))
     if bar is not None:
         bar.close()
     if dist_info is not None and dist_info.enabled:
@@ -153,7 +142,7 @@ def write_confusion(cm, classes: Sequence[str], out: str | Path) -> tuple[Path, 
             np.save(f, cm.matrix)
     rows = ["truth\\pred," + ",".join(classes)]
     rows += [f"{name}," + ",".join(str(int(v)) for v in row) for name, row in zip(classes, cm.matrix)]
-    write_text(csv, "\n".join(rows) + "\n")
+    write_text_atomic(csv, "\n".join(rows) + "\n")
     return npy, csv
 
 
