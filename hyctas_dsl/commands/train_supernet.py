@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         scheme: Optional[str] = typer.Option(None, "--scheme", help="paper (one subnet per step) | sandwich (largest + smallest + random, BigNAS) [default: paper]."),
         random_subnets: Optional[int] = typer.Option(None, "--random-subnets", help="sandwich: random subnets per step [default: 2]."),
         distill: Optional[float] = typer.Option(None, "--distill", help="sandwich: in-place distillation weight, 0..1 [default: 0]."),
-        branch_balance: Optional[bool] = typer.Option(None, "--branch-balance/--branch-prior", help="Branch counts in turn, or drawn from the space's prior [default: prior]."),
+        branch_balance: Optional[bool] = typer.Option(None, "--branch-balance/--branch-prior", help="Branch counts in turn, or drawn from the space's prior [default: balance on the embedded digits, else the prior]."),
         shared_classifier: Optional[bool] = typer.Option(None, "--shared-classifier/--per-head-classifier", help="One classifier for every head, or one per head [default: shared]."),
         config: Optional[str] = typer.Option(None, "--config", help="TOML file with a [supernet] table."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
