@@ -12,7 +12,8 @@ Schemes (``hyctas train-supernet --scheme/--distill/--branch-balance``):
 * ``paper+balance``: one subnet per step, branch counts in turn 1, 2, 3, 1, ...;
 * ``sandwich``: largest + smallest + 2 random subnets per step (BigNAS), labels only;
 * ``sandwich+distill``: the same with in-place distillation from the largest (weight 0.5);
-* ``per-head``: ``paper+balance`` with one classifier per head instead of the shared one.
+* ``paper+per-head``, ``paper+balance+per-head``: one classifier per head (theta) instead of
+  one per output stride shared by every head.
 
 Also printed: how many steps each (head, output stride) got, since a head's own weights
 learn only in the steps that sample it.
@@ -36,14 +37,16 @@ SCHEMES = {
     "paper+balance": dict(scheme="paper", branch_balance=True),
     "sandwich": dict(scheme="sandwich", branch_balance=True, distill=0.0),
     "sandwich+distill": dict(scheme="sandwich", branch_balance=True, distill=0.5),
-    "per-head": dict(scheme="paper", branch_balance=True, shared_classifier=False),
+    "paper+balance+per-head": dict(scheme="paper", branch_balance=True, shared_classifier=False),
+    "paper+per-head": dict(scheme="paper", branch_balance=False, shared_classifier=False),
 }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--schemes", default="paper,paper+balance,sandwich+distill,per-head")
+    ap.add_argument("--schemes", default="paper,paper+balance,sandwich+distill,paper+per-head")
     ap.add_argument("--minutes", type=float, default=4.0, help="training budget per scheme (wall clock)")
+    ap.add_argument("--steps", type=int, default=None, help="a fixed number of steps per scheme instead of --minutes")
     ap.add_argument("--data", default="digits")
     ap.add_argument("--per-branch", type=int, default=4)
     ap.add_argument("--val-images", type=int, default=500)
@@ -73,9 +76,11 @@ def main() -> int:
     for name in names:
         out = tmp / name
         base = SupernetConfig(out=str(out), data=args.data, seed=args.seed, **SCHEMES[name]).resolved()
-        # The budget in steps: time 20 steps of this scheme, then fill the minutes.
-        probe = train_supernet(base.model_copy(update={"steps": 20, "out": str(tmp / f"{name}-probe")}), progress=False)
-        steps = max(20, int(args.minutes * 60 / (probe.seconds / 20)))
+        if args.steps:
+            steps = args.steps
+        else:  # the budget in steps: time 20 steps of this scheme, then fill the minutes
+            probe = train_supernet(base.model_copy(update={"steps": 20, "out": str(tmp / f"{name}-probe")}), progress=False)
+            steps = max(20, int(args.minutes * 60 / (probe.seconds / 20)))
         cfg = base.model_copy(update={"steps": steps})
         t0 = time.perf_counter()
         train_supernet(cfg, progress=False)
@@ -100,7 +105,8 @@ def main() -> int:
     for i in range(min(args.val_images, len(val_set))):
         y = val_set.get(i, 0)[1]
         floor_cm[:, 0] += np.bincount(y[y != 255].numpy().astype(np.int64), minlength=11)[:11]
-    print(f"# supernet schemes on `{args.data}`: {args.minutes:g} min of training each, {args.threads} threads; "
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min of training"
+    print(f"# supernet schemes on `{args.data}`: {budget} each, {args.threads} threads; "
           f"mIoU (%) on the supernet's weights of {args.per_branch} sampled subnets per branch count "
           f"(the same subnets for every scheme), {args.val_images} validation images; background floor "
           f"{100 * miou_of(floor_cm):.1f}\n")

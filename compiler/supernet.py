@@ -3,8 +3,8 @@
 ``Supernet(space)`` holds every op at its maximum width (filters = max(space.filters), each
 cell at round(s * F_max * 12 / 12) channels) at every reachable (layer, input stride,
 keep|down) position, every fusion projection keyed by (layer, source stride, target stride),
-one aggregation head per theta, a classifier per output stride (with the stride-4 merge)
-that every theta's head shares (``shared_classifier``; one per theta otherwise) and the stem.
+one aggregation head per theta, the stride-4 merge and classifier that every theta's head
+shares at both output strides (``shared_classifier``; one per theta otherwise) and the stem.
 
 ``supernet.subnet(arch)`` is a view (paper Table 1: "Memory Cost: One subnet"): it runs the
 arch's own network definition (``hyctas_dsl.compiler.lower``) as a weightless skeleton whose
@@ -99,8 +99,8 @@ _CLASSIFIER = ("proj4", "fuse4", "cls", "out", "center", "offset")
 
 def _head_view(own: O.Head, shared: nn.ModuleDict, output_stride: int) -> O.Head:
     """A theta's head at one output stride as one module (what subnet views and exports
-    slice): its own aggregation (``proj``, ``fuse``) and the supernet's classifier of that
-    output stride. Not registered in the supernet, so every tensor has one name in its
+    slice): its own aggregation (``proj``, ``fuse``) and the supernet's shared classifier
+    (with the stride-4 merge at output stride 4). Not registered in the supernet, so every tensor has one name in its
     state_dict."""
     cls = type(own)
     head = cls.__new__(cls)
@@ -109,7 +109,8 @@ def _head_view(own: O.Head, shared: nn.ModuleDict, output_stride: int) -> O.Head
     for k in _CLASSIFIER:
         if k in ("center", "offset") and not isinstance(own, O.PanopticHead):
             continue
-        setattr(head, k, shared[k] if k in shared else None)
+        merge4 = k in ("proj4", "fuse4")  # only output stride 4 merges the stem's stride-4 feature
+        setattr(head, k, shared[k] if k in shared and (output_stride == 4 or not merge4) else None)
     if isinstance(own, O.PanopticHead):
         head.scale = float(output_stride)  # offsets predicted in output-stride pixels
     return head
@@ -173,26 +174,23 @@ class Supernet(nn.Module):
                 [channels(s, F, 12) for s in theta], 8 * F, self.classes, theta[0] > 8, 4 * F if 4 in space.output_strides else 0
             )
         # What every theta's head does after its own aggregation (the stride-4 merge and the
-        # classifier) has the same shapes for all thetas. Shared, every step trains it,
-        # whichever head the sampled subnet has; one per theta, a one-branch head gets a
-        # few percent of the steps (module doc of hyctas_dsl.run.schemes). One per output
-        # stride: the classifier of stride 4 reads merged stem features, that of stride 8
-        # does not, and one classifier for both learns the stride-4 inputs only (measured in
-        # docs/search_quality.md).
+        # classifier) has the same shapes for all thetas and both output strides. Shared,
+        # every step trains it, whichever head the sampled subnet has; one per theta, a
+        # one-branch head gets a few percent of the steps and its subnets score the
+        # background floor (measured in docs/search_quality.md, with the alternative of one
+        # classifier per output stride, which ranked subnets worse).
         self.shared_classifier = bool(shared_classifier)
         self.__dict__["_head_views"] = {}
         if self.shared_classifier:
-            self.classifier = nn.ModuleDict()
             c4 = 4 * F if 4 in space.output_strides else 0
-            for os in space.output_strides:
-                donor = head_cls([8 * F], 8 * F, self.classes, False, c4 if os == 4 else 0)
-                self.classifier[f"os{os}"] = nn.ModuleDict({k: getattr(donor, k) for k in _CLASSIFIER if getattr(donor, k, None) is not None})
+            donor = head_cls([8 * F], 8 * F, self.classes, False, c4)
+            self.classifier = nn.ModuleDict({k: getattr(donor, k) for k in _CLASSIFIER if getattr(donor, k, None) is not None})
             for key, head in self.heads.items():
                 for k in _CLASSIFIER:
                     if k in head._modules:
                         del head._modules[k]
                 for os in space.output_strides:
-                    self._head_views[f"{key}@{os}"] = _head_view(head, self.classifier[f"os{os}"], os)
+                    self._head_views[f"{key}@{os}"] = _head_view(head, self.classifier, os)
 
     # -- views -------------------------------------------------------------------------
     def module_for(self, kind: str, key: str) -> nn.Module:

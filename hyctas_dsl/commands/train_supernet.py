@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         scheme: Optional[str] = typer.Option(None, "--scheme", help="paper (one subnet per step) | sandwich (largest + smallest + random, BigNAS) [default: paper]."),
         random_subnets: Optional[int] = typer.Option(None, "--random-subnets", help=f"sandwich: random subnets per step {default_help(SupernetConfig, 'random_subnets')}."),
         distill: Optional[float] = typer.Option(None, "--distill", help="sandwich: in-place distillation weight, 0..1 [default: 0]."),
-        branch_balance: Optional[bool] = typer.Option(None, "--branch-balance/--branch-prior", help="Branch counts in turn, or drawn from the space's prior [default: the prior].", show_default=False),
+        branch_balance: Optional[bool] = typer.Option(None, "--branch-balance/--branch-prior", help="Branch counts in turn, or drawn from the space's prior [default: balance on the embedded digits, else the prior].", show_default=False),
         shared_classifier: Optional[bool] = typer.Option(None, "--shared-classifier/--per-head-classifier", help=f"One classifier for every head, or one per head [default: {_SHARED_DEFAULT}].", show_default=False),
         config: Optional[str] = typer.Option(None, "--config", help="TOML file with a [supernet] table."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
