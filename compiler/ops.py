@@ -144,8 +144,10 @@ class Attn(nn.Module):
             x = F.avg_pool2d(x, 2)
         n, h, w = x.shape[0], x.shape[2], x.shape[3]
         t = self.qkv(self.reduce(x))
-        # [n, 3d, h, w] -> q, k, v of [n, heads, h*w, d/heads]
-        t = t.reshape(n, 3, self.heads, self.d // self.heads, h * w).permute(1, 0, 2, 4, 3)
+        # [n, 3d, h, w] -> q, k, v of [n, heads, h*w, d/heads], each contiguous: a view with
+        # last-dim stride h*w makes the CPU dispatch refuse its fused (flash) kernel and build
+        # the heads x N x N score matrix instead; the copy is 3d*N floats, the matrix heads*N*N.
+        t = t.reshape(n, 3, self.heads, self.d // self.heads, h * w).permute(1, 0, 2, 4, 3).contiguous()
         y = F.scaled_dot_product_attention(t[0], t[1], t[2])
         y = y.transpose(2, 3).reshape(n, self.d, h, w)
         y = stochastic_depth(self.proj(y), self.drop_path, self.training)
