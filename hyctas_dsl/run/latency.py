@@ -118,7 +118,7 @@ def _measure(model, input_size, device, dtype, warmup_s, timed_s, min_runs, back
         device=str(device.type) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         dtype=name,
         input=f"1x3x{input_size[0]}x{input_size[1]}",
-        backend=backend + (", channels-last" if channels_last else ""),
+        backend=backend + (", channels-last" if channels_last else ", contiguous"),
         threads=torch.get_num_threads(),
         warmup_s=warmup_s,
         timed_s=timed_s,
