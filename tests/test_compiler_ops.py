@@ -179,14 +179,22 @@ def test_attention_equals_plain_reference_attention(down, heads, d, size):
         assert torch.allclose(m(x), _reference_attention(m, x), atol=1e-5, rtol=1e-5)
 
 
-def test_attention_on_the_cpu_takes_the_fused_kernel_not_the_math_path():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_on_the_cpu_takes_the_fused_kernel_not_the_math_path(channels_last):
     # The math path builds heads x N x N scores (16 GiB for HyCTAS-L's stride-8 cell at
     # 1024x2048); a layout the fused kernel refuses falls back to it without a word.
     from torch.profiler import ProfilerActivity, profile
 
     m = O.Attn(8, 8, False, 2, 16).eval()
+    x = torch.randn(1, 8, 16, 16)
+    if channels_last:
+        m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        m(torch.randn(1, 8, 16, 16))
+        y = m(x)
+    # the output keeps the input's layout, so a channels-last network does not reorder after it
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    with torch.no_grad():
+        assert torch.allclose(y, _reference_attention(m, x), atol=1e-5, rtol=1e-5)
     names = {e.name for e in prof.events()}
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
     assert "aten::_scaled_dot_product_attention_math" not in names
