@@ -111,10 +111,12 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -> Se
                 "latency_protocol": lat.protocol}
 
     predictor = None
+    lat_split = {"calibration": 0.0, "prediction": 0.0, "measurement": 0.0}
     if cfg.objective == "latency" and cfg.latency == "predict":
         t0 = time.perf_counter()
         predictor = _latency_model(cfg, info, space, supernet.classes, lat_input, measure, say)
-        t_latency += time.perf_counter() - t0
+        lat_split["calibration"] = time.perf_counter() - t0
+        t_latency += lat_split["calibration"]
 
     latency_facts: dict[str, dict] = {}
 
@@ -128,6 +130,7 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -> Se
                 facts = [{"latency_predicted_fastest_ms": predictor.predict_arch(a, supernet.classes)} for a in archs]
             else:
                 facts = _gathered(info, archs, measure)
+            lat_split["prediction" if predictor is not None else "measurement"] += time.perf_counter() - t0
             t_latency += time.perf_counter() - t0
             for a, f in zip(archs, facts):
                 latency_facts[canonical_key(a)] = f
@@ -166,6 +169,7 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -> Se
     if predictor is not None:
         t0 = time.perf_counter()
         results = {nb: _measure_near_front(res, predictor, info, measure, say) for nb, res in results.items()}
+        lat_split["measurement"] += time.perf_counter() - t0
         t_latency += time.perf_counter() - t0
     t_search = time.perf_counter() - t_genome_start
     dist.barrier(info)
@@ -224,6 +228,7 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -> Se
             "space": space.name, "world_size": info.world, "evaluated": n_evaluated,
             "front": [str(p.name) for p in files], "timings_s": timings,
             "latency": cfg.latency if cfg.objective == "latency" else None,
+            "latency_time_split_s": lat_split if cfg.objective == "latency" else None,
             "latency_model": None if predictor is None else {
                 "file": str(_model_path(cfg)), "device": predictor.device, "protocol": predictor.protocol,
                 "calibration_error_p90": predictor.error_p90, "calibration_error_max": predictor.error_max},
