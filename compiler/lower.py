@@ -192,7 +192,7 @@ def python_source(plan: Plan, ops_src: str, header: str = "") -> str:
         "def load(weights: Optional[str] = None, classes: int = %d, channels_last: bool = True) -> Net:" % plan.classes,
         '    """The network with its weights (default: the .safetensors file beside this one), in',
         "    eval mode and, unless ``channels_last=False``, in the channels-last memory layout, which",
-        "    CPU convolutions run without reorders (1.5x to 2.7x faster for the HyCTAS zoo on a CPU);",
+        "    CPU convolutions run without reorders (1.05x to 1.16x faster for the HyCTAS zoo on a CPU);",
         "    ``net.layout`` says which. Inputs may be in either layout; the outputs are the same.",
         '    """',
         "    from safetensors.torch import load_file",

@@ -23,9 +23,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def default_channels_last(device) -> bool:
     """The memory layout for inference when the user names none: channels-last on the CPU,
-    where oneDNN's convolutions run it without reorders (the zoo at 1024x2048: 1.5x to 2.7x
-    the FPS of the default layout, docs/retrain.md); the default layout on a GPU, where it
-    was not measured to be faster."""
+    where oneDNN's convolutions run it without reorders (the zoo, 1 thread: 1.05x to 1.16x
+    the FPS of the default layout at 512x1024 and for S at 1024x2048, docs/retrain.md); the
+    default layout on a GPU, where it was not measured to be faster."""
     return torch.device(device).type == "cpu"
 
 
