@@ -12,6 +12,7 @@ Output directory:
 - ``latency_model.json``: the latency model calibrated on this device (``--latency predict``);
 - ``pareto.png``: the Figure-3 plot;
 - ``summary.json``: config, seed, package versions, device, time split, latency-predictor error;
+- ``state_b{n}.json``: per-search checkpoints, written every generation (``--resume``).
 
 Latency (``--latency``): ``measure`` times every candidate (batch 1, 1 thread, warm-up, timed
 runs; hyctas_dsl.run.latency). ``predict`` ranks by the latency model
@@ -19,7 +20,6 @@ runs; hyctas_dsl.run.latency). ``predict`` ranks by the latency model
 for this device and protocol is given, and after the searches measures for real the Pareto
 members and every candidate within the model's error of the front; the written front is the
 Pareto front of those measurements.
-- ``state_b{n}.json``: per-search checkpoints, written every generation (``--resume``).
 
 Under torchrun the candidates of each offspring round (and their latency measurements) are
 split across ranks and the results gathered, so every rank runs the same search.
@@ -213,7 +213,8 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -> Se
             title += "\n(latency measured near the front, predicted elsewhere)"
         plot_pareto(out / "pareto.png", evaluated, cfg.objective, title)
         # The predictor against measurement on what was measured (the front and its margin).
-        checked = [r for r in records if "latency_fastest_ms" in r and "latency_predicted_fastest_ms" in r]
+        checked = list({r["key"]: r for r in records
+                        if "latency_fastest_ms" in r and "latency_predicted_fastest_ms" in r}.values())
         errors = [abs(r["latency_predicted_fastest_ms"] - r["latency_fastest_ms"]) / r["latency_fastest_ms"] for r in checked]
         lut_error = statistics.mean(errors) if errors else None
         if errors:
