@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +37,8 @@ from hyctas_dsl.genome import sample_population
 from hyctas_dsl.run.latency import measure_latency
 from hyctas_dsl.run.latency_lut import LatencyLUT
 from hyctas_dsl.run.latency_model import LatencyModel, arch_features, device_fingerprint
+from hyctas_dsl.printer import dumps
+from hyctas_dsl.run.io import write_json
 from hyctas_dsl.spaces import paper_space, zoo_path
 
 SETTINGS = ("digits@64x64", "paper@64x64", "paper@512x1024")
@@ -65,7 +68,8 @@ def run_setting(setting: str, per_branch: int, timed: float, warmup: float, fold
     cvs = [statistics.median([s.cv for s in sess]) for sess in sessions]
     idx = rng.permutation(len(archs))
     row = {"setting": setting, "subnets": len(archs), "cv_median": statistics.median(cvs), "t_meas": t_meas,
-           "t_feat": t_feat, "stats": {}}
+           "t_feat": t_feat, "stats": {}, "archs": [dumps(a) for a in archs], "features": feats,
+           "samples": [[list(s.samples) for s in sess] for sess in sessions]}
     # Two statistics of the timed runs: the median (the protocol's figure) and the fastest
     # run, which a busy shared machine disturbs less (other jobs only ever add time).
     for stat, pick in (("median", statistics.median), ("fastest", min)):
@@ -106,6 +110,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=0.2)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dump", help="also write every subnet's source, features and timed runs to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -114,6 +119,8 @@ def main() -> None:
         rows.append(run_setting(s, args.per_branch, args.timed, args.warmup, args.folds, args.seed,
                                 lut=parse_size(s.split("@")[1])[0] <= 128))
         print(f"{s}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.dump:
+        write_json(Path(args.dump), [{k: v for k, v in r.items() if k != "stats"} for r in rows])
     print()
     print(f"protocol: batch 1, cpu (1 thread), fp32, eager, warm-up {args.warmup:g} s, timed {args.timed:g} s per session, "
           f"2 sessions per subnet; predictor fitted by {args.folds}-fold cross-validation; device: {device_fingerprint()['name']}")
