@@ -1,7 +1,7 @@
 """Front-end speed: parse + validate + print of archs/hyctas_l.hy (3 branches x 20 layers).
 
-The search does this for thousands of candidates; the target is a median under 5 ms for the
-whole pipeline. Each stage is timed on its own, many times, interleaved in one
+The search does this for thousands of candidates; the target is a median of at most 2 ms and
+a p90 of at most 3 ms for the whole pipeline. Each stage is timed on its own, many times, interleaved in one
 loop so that the machine's load affects every row alike; the table gives median and p90.
 
     .venv/bin/python bench/bench_parse.py [--runs 500] [--file archs/hyctas_l.hy]
@@ -79,9 +79,11 @@ def main() -> None:
         ts = sorted(ts)
         p90 = ts[min(len(ts) - 1, int(0.9 * len(ts)))]
         print(f"| {name:<{width}} | {statistics.median(ts):9.3f} | {p90:6.3f} |")
-    med = statistics.median(times["total: parse+validate+print+key"])
+    total = sorted(times["total: parse+validate+print+key"])
+    med, p90 = statistics.median(total), total[min(len(total) - 1, int(0.9 * len(total)))]
     print()
-    print(f"target: median under 5 ms for the whole pipeline: {'met' if med < 5 else 'NOT met'} ({med:.2f} ms)")
+    print(f"target: median <= 2 ms: {'met' if med <= 2 else 'NOT met'} ({med:.2f} ms); "
+          f"p90 <= 3 ms: {'met' if p90 <= 3 else 'NOT met'} ({p90:.2f} ms)")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ from hyctas_dsl.run.bench import bench_interleaved
 from hyctas_dsl.spaces import zoo_path
 
 ZOO = ("hyctas_s", "hyctas_m", "hyctas_l")
-SETTINGS = {"eager": {}, "channels-last": {"channels_last": True}, "torch.compile": {"compile": True}}
+# "eager" and "torch.compile" in the default (contiguous) layout, to compare layouts
+SETTINGS = {"eager": {"channels_last": False}, "channels-last": {"channels_last": True},
+            "torch.compile": {"compile": True, "channels_last": False}}
 
 
 def main() -> None:
@@ -48,13 +50,15 @@ def main() -> None:
             rows.append((name, s, lat))
             print(f"{name} {s}: {lat.fps:.3f} FPS, {lat.median_ms:.0f} ms ({lat.p10_ms:.0f}..{lat.p90_ms:.0f}), {lat.runs} runs", flush=True)
     print()
-    print(f"protocol: {rows[0][2].protocol.replace(rows[0][2].backend, 'SETTING')}, interleaved in {args.rounds} rounds")
-    print("| arch | setting | FPS | median ms (p10..p90) | runs | vs eager |")
-    print("|---|---|---:|---|---:|---:|")
+    proto = rows[0][2].protocol.replace(rows[0][2].backend, "SETTING").split(" (fastest")[0]
+    print(f"protocol: {proto}, interleaved in {args.rounds} rounds")
+    print("| arch | setting | FPS | median ms (p10..p90) | fastest ms | CV | runs | vs eager |")
+    print("|---|---|---:|---|---:|---:|---:|---:|")
     eager = {a: l.median_ms for a, s, l in rows if s == "eager"}
     for a, s, l in rows:
         ratio = f"{eager[a] / l.median_ms:.2f}x" if a in eager else "-"
-        print(f"| {a} | {s} | {l.fps:.3f} | {l.median_ms:.0f} ({l.p10_ms:.0f}..{l.p90_ms:.0f}) | {l.runs} | {ratio} |")
+        print(f"| {a} | {s} | {l.fps:.3f} | {l.median_ms:.0f} ({l.p10_ms:.0f}..{l.p90_ms:.0f}) | {l.min_ms:.0f} "
+              f"| {l.cv:.1%} | {l.runs} | {ratio} |")
 
 
 if __name__ == "__main__":

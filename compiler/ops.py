@@ -144,10 +144,18 @@ class Attn(nn.Module):
             x = F.avg_pool2d(x, 2)
         n, h, w = x.shape[0], x.shape[2], x.shape[3]
         t = self.qkv(self.reduce(x))
-        # [n, 3d, h, w] -> q, k, v of [n, heads, h*w, d/heads]
-        t = t.reshape(n, 3, self.heads, self.d // self.heads, h * w).permute(1, 0, 2, 4, 3)
+        # [n, 3d, h, w] -> q, k, v of [n, heads, h*w, d/heads], each contiguous (a copy of 3d*N
+        # floats). The fused (flash) kernels need that: with q, k, v as views of t (last-dim
+        # stride h*w) the CPU dispatch takes the math path, which builds the heads x N x N score
+        # matrix (16 GiB for HyCTAS-L's stride-8 cell at 1024x2048).
+        t = t.reshape(n, 3, self.heads, self.d // self.heads, h * w).permute(1, 0, 2, 4, 3).contiguous()
         y = F.scaled_dot_product_attention(t[0], t[1], t[2])
-        y = y.transpose(2, 3).reshape(n, self.d, h, w)
+        # back to [n, d, h, w] in the input's memory format: a channels-last network stays
+        # channels-last (mixing layouts makes every following op reorder)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            y = y.transpose(1, 2).reshape(n, h, w, self.d).permute(0, 3, 1, 2)
+        else:
+            y = y.transpose(2, 3).reshape(n, self.d, h, w)
         y = stochastic_depth(self.proj(y), self.drop_path, self.training)
         return F.relu(y + self.bypass(x))
 

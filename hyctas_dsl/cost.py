@@ -47,7 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hyctas_dsl.ast import Arch
-from hyctas_dsl.graph import HEAD, STEM, build_graph, topo_cells
+from hyctas_dsl.graph import HEAD, STEM, build_graph, channels, topo_cells
 from hyctas_dsl.ops import attn_bottleneck, resolved_args
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "CostReport",
     "op_cost",
     "arch_cost",
+    "total_cost",
     "training_memory",
     "pad32",
     "head_channels",
@@ -242,19 +243,27 @@ def arch_cost(arch: Arch, input_size: tuple[int, int] = (1024, 2048), classes: i
 
 
 def _head_row(g, F: int, classes: int, n, hw: int, task: str = "semantic") -> CostRow:
-    cs = head_channels(F)
     hd = g.nodes[HEAD]
     inputs = {e["stride"]: u for u, _v, e in g.in_edges(HEAD, data=True) if e["role"] == "branch"}
     strides = sorted(inputs)
+    c_outs = {s: g.nodes[inputs[s]]["c_out"] for s in strides}
+    c = _head_cost(c_outs, hd["output_stride"], F, classes, n, hw, task)
+    label = "head (" + ", ".join(str(s) for s in strides) + ")" + (" panoptic" if task == "panoptic" else "")
+    return CostRow("head", HEAD, (), None, label, sum(c_outs.values()), classes, strides[0], hd["output_stride"], c)
+
+
+def _head_cost(c_outs: dict[int, int], os_: int, F: int, classes: int, n, hw: int, task: str = "semantic") -> Cost:
+    """The head's cost from the channels of the branch output at each stride."""
+    cs = head_channels(F)
+    strides = sorted(c_outs)
     c = ZERO
     for s in strides:  # slimmable 1x1 projections to C_s
-        c += _conv(g.nodes[inputs[s]]["c_out"], cs, 1, n(s), relu=True)
+        c += _conv(c_outs[s], cs, 1, n(s), relu=True)
     for s in reversed(strides[:-1]):  # coarse to fine: up, concat, 3x3 fuse
         c += Cost(act=cs * n(s) + 2 * cs * n(s))
         c += _conv(2 * cs, cs, 3, n(s), relu=True)
     if strides[0] > 8:
         c += Cost(act=cs * n(8))
-    os_ = hd["output_stride"]
     if os_ == 4:
         c += _conv(4 * F, cs, 1, n(4), relu=True)
         c += Cost(act=cs * n(4) + 2 * cs * n(4))
@@ -268,13 +277,63 @@ def _head_row(g, F: int, classes: int, n, hw: int, task: str = "semantic") -> Co
             c += _conv(PANOPTIC_CHANNELS, k, 1, n(os_), bn=False, bias=True)
             c += Cost(act=k * hw)
         c += Cost(act=2 * hw)  # the offsets' scaling
-    label = "head (" + ", ".join(str(s) for s in strides) + ")" + (" panoptic" if task == "panoptic" else "")
-    c_in = sum(g.nodes[inputs[s]]["c_out"] for s in strides)
-    return CostRow("head", HEAD, (), None, label, c_in, classes, strides[0], os_, c)
+    return c
+
+
+def total_cost(arch: Arch, input_size: tuple[int, int] = (1024, 2048), classes: int = 19) -> Cost:
+    """``arch_cost(...).total`` without building the graph or the per-part rows: the same
+    walk over layers, with cells shared by several branches (same layer, op, width, input
+    and fused inputs) and identical fusion nodes counted once, as ``build_graph`` merges
+    them. It is constraint 4's hot path (the validator runs it for every candidate)."""
+    H, W = pad32(input_size[0]), pad32(input_size[1])
+    F = arch.filters
+
+    def n(s: int) -> int:
+        return (H // s) * (W // s)
+
+    total = (_conv(3, 2 * F, 3, n(2), relu=True) + _conv(2 * F, 4 * F, 3, n(4), relu=True)
+             + _conv(4 * F, 8 * F, 3, n(8), relu=True))
+    # a node is (id, stride_out, c_out); the stem is node 0
+    cur = {b.name: (0, 8, channels(8, F, 12)) for b in arch.branches}
+    pending: dict[str, list] = {b.name: [] for b in arch.branches}
+    seen: dict[tuple, tuple] = {}
+    for layer in range(1, arch.layers + 1):
+        produced = {}
+        for b in arch.branches:
+            cell = b.cells[layer - 1]
+            main = cur[b.name]
+            fused = tuple(sorted(pending[b.name]))
+            op = cell.op
+            sig = (layer, op.name, op.args, cell.width, cell.down, main[0], tuple(f[0] for f in fused))
+            node = seen.get(sig)
+            if node is None:
+                s_in = main[1]
+                s_out = s_in * 2 if cell.down else s_in
+                c_out = channels(s_out, F, cell.width)
+                total += op_cost(op.name, dict(op.args), main[2], c_out, H // s_in, W // s_in, cell.down)
+                if fused:  # a fusion node feeding this cell twice is one edge of the graph: one sum
+                    total += Cost(act=len(set(fused)) * main[2] * n(s_in))
+                node = seen[sig] = (len(seen) + 1, s_out, c_out)
+            produced[b.name] = node
+        cur = produced
+        pending = {b.name: [] for b in arch.branches}
+        for fu in arch.fusions:
+            if fu.after != layer:
+                continue
+            src, dst = produced[fu.src], produced[fu.dst]
+            sig = ("fuse", src[0], dst[1], dst[2])
+            node = seen.get(sig)
+            if node is None:
+                c = Cost(act=src[2] * n(dst[1])) if src[1] != dst[1] else ZERO
+                total += c + _conv(src[2], dst[2], 1, n(dst[1]))
+                node = seen[sig] = (len(seen) + 1, dst[1], dst[2])
+            pending[fu.dst].append(node)
+    c_outs = {node[1]: node[2] for node in cur.values()}
+    return total + _head_cost(c_outs, arch.head.output_stride, F, classes, n, H * W, arch.task)
 
 
 def training_memory(arch: Arch, batch: int, crop: tuple[int, int], classes: int = 19) -> int:
     """Constraint 4's estimate, in bytes, of one training step of ``arch`` (see module doc)."""
-    t = arch_cost(arch, crop, classes).total
+    t = total_cost(arch, crop, classes)
     image = 3 * pad32(crop[0]) * pad32(crop[1])
     return 4 * (batch * (t.act + image) + 3 * t.params)

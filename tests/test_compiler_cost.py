@@ -112,3 +112,22 @@ def test_tiny_inputs_run_and_are_counted(size):
     assert model(x).shape == (1, 19, *size)
     want = arch_cost(arch, size).total.macs
     assert abs(got - want) <= 0.01 * want
+
+
+def test_total_cost_equals_the_sum_of_arch_cost_rows():
+    # total_cost is the validator's fast path for constraint 4; it must agree with the graph walk
+    import numpy as np
+
+    from hyctas_dsl.cost import arch_cost, total_cost
+    from hyctas_dsl.genome import sample_population
+    from hyctas_dsl.spaces import paper_space, zoo_files
+
+    archs = [load(zoo_path(f)).archs[0] for f in zoo_files() if "space" not in f]
+    archs += [random_arch(seed) for seed in range(30)]
+    rng = np.random.default_rng(0)
+    archs += [a for nb in (1, 2, 3) for a in sample_population(paper_space(), rng, 15, n_branches=nb)]
+    assert len(archs) >= 45
+    archs += [a.model_copy(update={"task": "panoptic"}) for a in archs[:10]]  # the panoptic head too
+    for a in archs:
+        for size, classes in (((1024, 2048), 19), ((64, 96), 11)):
+            assert total_cost(a, size, classes) == arch_cost(a, size, classes).total, a.name

@@ -112,8 +112,13 @@ def test_model_py_runs_without_hyctas(arch, model, tmp_path):
         import numpy as np, torch
         import net
         m = net.load()
+        assert m.layout == 'channels-last'
+        assert m.head.out.weight.is_contiguous(memory_format=torch.channels_last)
         y = m(torch.from_numpy(np.load('x.npy')))
         np.save('y.npy', y.detach().numpy())
+        y2 = net.load(channels_last=False)(torch.from_numpy(np.load('x.npy')))
+        assert net.load(channels_last=False).layout == 'contiguous'
+        assert (y2 - y).abs().max() < 1e-5
         assert not any(k.startswith('hyctas') for k in sys.modules)
         """
     ))

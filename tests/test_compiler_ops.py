@@ -155,3 +155,47 @@ def test_random_arch_generator_is_valid_and_varied():
     assert len({len(a.branches) for a in archs}) == 3
     assert any(a.fusions for a in archs)
     assert {a.head.output_stride for a in archs} == {4, 8}
+
+
+def _reference_attention(m: O.Attn, x: torch.Tensor) -> torch.Tensor:
+    """The attention cell written out: softmax(Q K^T / sqrt(d_head)) V per head (section 3.3)."""
+    if m.down:
+        x = torch.nn.functional.avg_pool2d(x, 2)
+    n, _, h, w = x.shape
+    t = m.qkv(m.reduce(x)).flatten(2)  # [n, 3d, N]
+    dh = m.d // m.heads
+    q, k, v = (t[:, i * m.d:(i + 1) * m.d].reshape(n, m.heads, dh, h * w) for i in range(3))
+    scores = torch.einsum("bhcn,bhcm->bhnm", q, k) / dh ** 0.5
+    y = torch.einsum("bhnm,bhcm->bhcn", scores.softmax(-1), v).reshape(n, m.d, h, w)
+    return torch.relu(m.proj(y) + m.bypass(x))
+
+
+@pytest.mark.parametrize("down,heads,d,size", [(False, 4, 16, (12, 20)), (True, 2, 10, (14, 9)), (False, 1, 8, (1, 1))])
+def test_attention_equals_plain_reference_attention(down, heads, d, size):
+    torch.manual_seed(0)
+    m = O.Attn(6, 12, down, heads, d).eval()
+    x = torch.randn(2, 6, *size)
+    with torch.no_grad():
+        assert torch.allclose(m(x), _reference_attention(m, x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_on_the_cpu_takes_the_fused_kernel_not_the_math_path(channels_last):
+    # The math path builds heads x N x N scores (16 GiB for HyCTAS-L's stride-8 cell at
+    # 1024x2048); a layout the fused kernel refuses falls back to it without a word.
+    from torch.profiler import ProfilerActivity, profile
+
+    m = O.Attn(8, 8, False, 2, 16).eval()
+    x = torch.randn(1, 8, 16, 16)
+    if channels_last:
+        m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        y = m(x)
+    # the output keeps the input's layout, so a channels-last network does not reorder after it
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    with torch.no_grad():
+        assert torch.allclose(y, _reference_attention(m, x), atol=1e-5, rtol=1e-5)
+    names = {e.name for e in prof.events()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
+    assert "aten::_scaled_dot_product_attention_math" not in names
+    assert "aten::bmm" not in names

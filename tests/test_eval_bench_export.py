@@ -117,6 +117,7 @@ def test_eval_cli_writes_matrix_grid_and_json(files, tmp_path):
     summary = json.loads((out / "eval.json").read_text())
     assert m and float(m.group(1)) == pytest.approx(100 * summary["miou"], abs=0.06)
     assert summary["flip"] is True and summary["scales"] == [0.75, 1.0] and "background" in summary["iou"]
+    assert summary["layout"] == "channels-last" and "channels-last" in r.output  # the CPU default, stated
     cm = np.load(out / "confusion.npy")
     assert cm.shape == (11, 11) and cm.sum() > 0
     csv = (out / "confusion.csv").read_text().splitlines()
@@ -150,6 +151,12 @@ def test_bench_compare_prints_fps_ratio_and_protocol(files):
     r = run("bench", files / "tiny.hy", "--device", "cpu", "--input", "64x64", "--seconds", "0.1", "--warmup", "0",
             "--channels-last", "--weights", files / "model.safetensors")
     assert r.exit_code == 0 and re.search(r"protocol: batch 1, 1x3x64x64, cpu[^,]*, fp32, eager, channels-last", r.output), r.output
+    # the CPU default is channels-last, and the protocol says so; --contiguous overrides it
+    assert a["backend"] == "eager, channels-last" and "CV" in a["protocol"] and 0 <= a["cv"]
+    r = run("bench", files / "tiny.hy", "--device", "cpu", "--input", "64x64", "--seconds", "0.1", "--warmup", "0",
+            "--contiguous")
+    assert r.exit_code == 0 and re.search(r"protocol: .*, fp32, eager, contiguous, warm-up 0 s, median of \d+ runs "
+                                          r"in 0.1 s \(fastest [\d.e+-]+, p10..p90 [\d.e+-]+..[\d.e+-]+ ms, CV [\d.]+%\)", r.output), r.output
 
 
 def test_bench_usage_errors(files):

@@ -48,6 +48,10 @@ def run(args, tmp_path, toml: str | bytes | None = None):
         (["search", "--branches", "1,x"], None, "--branches takes numbers"),
         (["search", "--latency-input", "64"], None, "--latency-input must be HEIGHTxWIDTH"),
         (["search", "--metric", "map"], None, "option --metric"),
+        (["search", "--latency", "guess"], None, "option --latency"),
+        (["search", "--latency-calibration", "2"], None, "option --latency-calibration"),
+        (["search"], "[search]\nlatency_calibration = 1.5\n", "option `latency_calibration`"),
+        (["search"], "[search]\nlatency_model = \"\"\n", "option `latency_model`"),
         (["train", ARCH], "[train]\naux = 1\n", "option `aux`: Input should be a valid boolean"),
         (["train", ARCH], "[train]\namp = \"fp8\"\n", "option `amp`"),
         (["train", ARCH, "--drop-path", "1.5"], None, "option --drop-path"),
@@ -75,7 +79,8 @@ def test_train_takes_its_options_from_toml_and_the_command_line_wins(tmp_path):
 
 def test_defaults_in_the_help_come_from_the_models():
     for args, model, field in [(["train", "--help"], TrainConfig, "steps"), (["train-supernet", "--help"], SupernetConfig, "steps"),
-                               (["search", "--help"], SearchConfig, "population")]:
+                               (["search", "--help"], SearchConfig, "population"),
+                               (["search", "--help"], SearchConfig, "latency_calibration")]:
         r = runner.invoke(app, args)
         want = model.model_fields[field].default
         assert f"[default: {want}" in " ".join(r.output.split()), args

@@ -4,6 +4,7 @@ table and plot are written, resume continues exactly, torchrun splits candidates
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import torch
 
 import hyctas_dsl as hy
 from hyctas_dsl.compiler import export
-from hyctas_dsl.run.config import SearchConfig, SupernetConfig
+from hyctas_dsl.run.config import ConfigError, SearchConfig, SupernetConfig
 from hyctas_dsl.run.search import search
 from hyctas_dsl.run.supernet import train_supernet
 from tests.test_supernet_train import DATA, TINY_SPACE
@@ -81,7 +82,7 @@ def test_search_under_torchrun_splits_candidates(supernet_dir, tmp_path):
 
 
 def test_latency_objective_records_the_protocol(supernet_dir, tmp_path):
-    res = run(supernet_dir, tmp_path / "lat", objective="latency", branches=[1], generations=1,
+    res = run(supernet_dir, tmp_path / "lat", objective="latency", latency="measure", branches=[1], generations=1,
               latency_seconds=0.01, latency_input=(32, 32))
     assert res.files
     for f in res.files:
@@ -89,7 +90,47 @@ def test_latency_objective_records_the_protocol(supernet_dir, tmp_path):
         assert meta["latency_ms"] > 0
         assert meta["latency_protocol"].startswith("batch 1, 1x3x32x32, cpu (1 thread), fp32")
     summary = json.loads((tmp_path / "lat" / "summary.json").read_text())
-    assert len(summary["latency_lut"]) == len(res.files) and summary["latency_lut_mean_abs_error"] is not None
+    assert summary["latency"] == "measure" and summary["latency_model"] is None
+    assert summary["timings_s"]["latency_measurement"] > 0
+
+
+def test_predicted_latency_ranks_and_only_measurements_are_written(supernet_dir, tmp_path):
+    out = tmp_path / "pred"
+    res = run(supernet_dir, out, objective="latency", latency="predict", branches=[1, 2], generations=1,
+              latency_seconds=0.01, latency_input=(32, 32), latency_calibration=6)
+    summary = json.loads((out / "summary.json").read_text())
+    model = json.loads((out / "latency_model.json").read_text())
+    assert model["protocol"]["input"] == "1x3x32x32" and len(model["calibration"]) == 6
+    assert summary["latency"] == "predict" and summary["latency_model"]["protocol"] == model["protocol"]
+    checked = {c["file"]: c for c in summary["latency_checked"] if c["file"]}
+    rows = list(csv.DictReader(open(out / "candidates.csv")))
+    assert res.files and len(checked) == len(res.files)
+    for f in res.files:
+        meta = hy.load(f, check_rules=False).archs[0].meta_dict()
+        # the file's latency is the measurement of that file's arch, with its protocol, not the prediction
+        assert meta["latency_ms"] == pytest.approx(checked[f.name]["measured_ms"], abs=1e-4)
+        assert re.match(r"batch 1, 1x3x32x32, cpu \(1 thread\), fp32, eager, contiguous, .*median of \d+ runs .*CV",
+                        meta["latency_protocol"])
+        assert "latency_predicted_fastest_ms" not in meta
+    for r in rows:  # a candidate that was only predicted has no measured latency in the table
+        assert r["latency_predicted_fastest_ms"]
+        assert bool(r["latency_ms"]) == bool(r["latency_protocol"])
+    # an accepted candidate left unmeasured is dominated, beyond the model's error, by a measured one
+    e = summary["latency_model"]["calibration_error_p90"]
+    for r in rows:
+        if r["status"] == "accepted" and not r["latency_ms"]:
+            assert any(m["search"] == r["search"] and m["latency_ms"] and float(m["miou"]) >= float(r["miou"])
+                       and float(m["latency_predicted_fastest_ms"]) * (1 + e)
+                       < float(r["latency_predicted_fastest_ms"]) * (1 - e) for m in rows), r
+    # a second search reuses the saved model; one calibrated with another protocol is refused
+    res2 = run(supernet_dir, tmp_path / "again", objective="latency", latency="predict", branches=[1], generations=1,
+               latency_seconds=0.01, latency_input=(32, 32), latency_model=str(out / "latency_model.json"))
+    assert res2.files
+    with pytest.raises(ConfigError, match=r"latency_model.json: calibrated for another protocol: input '1x3x32x32' "
+                                          r"\(here '1x3x64x64'\)"):
+        run(supernet_dir, tmp_path / "other", objective="latency", latency="predict", branches=[1], generations=1,
+            latency_seconds=0.01, latency_input=(64, 64), latency_model=str(out / "latency_model.json"))
+
 
 
 def test_emitted_files_need_no_space_flag(supernet_dir, tmp_path):

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         input_size: str = typer.Option("1024x2048", "--input", help="Input HEIGHTxWIDTH (the paper: 1024x2048)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
         dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 | fp16."),
-        channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last memory format."),
+        channels_last: Optional[bool] = typer.Option(None, "--channels-last/--contiguous", help="Memory layout [default: channels-last on the CPU, where it is faster; contiguous on a GPU]; the protocol line says which was used."),
         compile_: bool = typer.Option(False, "--compile", help="torch.compile the network first."),
         seconds: float = typer.Option(6.0, "--seconds", help="Timed seconds (the paper: 6)."),
         warmup: float = typer.Option(1.0, "--warmup", help="Warm-up seconds before timing."),
@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
 
             from hyctas_dsl.run.weights import load_weights
             from hyctas_dsl.compiler import export
-            from hyctas_dsl.run.bench import bench, bench_interleaved, format_rows, resolve_device
+            from hyctas_dsl.run.bench import bench, bench_interleaved, default_channels_last, format_rows, resolve_device
             from hyctas_dsl.run.config import ConfigError
 
             try:
@@ -64,6 +64,7 @@ def register(app: typer.Typer) -> None:
             except ValueError as e:
                 raise ConfigError(str(e)) from None
             torch.manual_seed(0)
+            cl = default_channels_last(dev) if channels_last is None else channels_last
             model = load_weights(weights, arch)[0] if weights else export(arch, classes=classes)
             if arch.task == "panoptic":
                 from hyctas_dsl.run.panoptic_eval import bench_panoptic, default_things
@@ -80,12 +81,12 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"protocol: {lats[0].protocol}")
                 return
             if other is None:
-                lats = [bench(model, size, dev, dtype, seconds, warmup, channels_last, compile_)]
+                lats = [bench(model, size, dev, dtype, seconds, warmup, cl, compile_)]
                 names = [arch.name]
             else:
                 names = [arch.name, other.name if other.name != arch.name else f"{other.name} ({compare})"]
                 lats = bench_interleaved([model, export(other, classes=classes)], size, dev, dtype, seconds, warmup,
-                                         channels_last, compile_)
+                                         cl, compile_)
             if as_json:
                 typer.echo(json.dumps({"results": [dict(l.to_json(), arch=n, fps=l.fps) for n, l in zip(names, lats)],
                                        **({"ratio": lats[1].median_ms / lats[0].median_ms} if other else {})}, indent=2))

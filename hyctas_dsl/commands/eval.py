@@ -82,8 +82,11 @@ def register(app: typer.Typer) -> None:
             model, _n = load_weights(weights, arch, val.info.num_classes)
             model = model.to(info.device)
             n = len(val) if images is None else min(images, len(val))
+            from hyctas_dsl.run.bench import default_channels_last
+
             res = evaluate(model, val, list(range(n)), info.device, scale_list, flip, samples=samples if out else 0,
-                           dist_info=info, progress=not quiet and info.is_main)
+                           dist_info=info, progress=not quiet and info.is_main,
+                           channels_last=default_channels_last(info.device))
             if not info.is_main:
                 return
             typer.echo(format_table(res))

@@ -20,9 +20,12 @@ the Pareto front back as .hy files, with what was measured in their `meta`.
 
 One search per branch count (--branches 1,2,3). Each candidate: BatchNorm statistics
 recomputed on a fixed subset of training images, mIoU on the validation split with the
-supernet's weights, latency measured as the paper does (batch 1, warm-up, timed runs,
-median; the protocol is recorded). Every option can also come from a TOML file (--config,
-table [search]). OUT gets searched_b*_*.hy, candidates.csv, pareto.png and summary.json.
+supernet's weights, latency predicted by a model calibrated here by measurement
+(--latency predict, the default) or measured for every candidate (--latency measure). Latency
+written into the .hy files is always measured as the paper does (batch 1, warm-up, timed
+runs, median, with the p10..p90 spread, CV and protocol recorded). Every option can also come
+from a TOML file (--config, table [search]). OUT gets searched_b*_*.hy, candidates.csv,
+pareto.png, summary.json and latency_model.json.
 """
 
 
@@ -44,6 +47,9 @@ def register(app: typer.Typer) -> None:
         val_images: Optional[int] = typer.Option(None, "--val-images", help=f"Validation images per candidate {default_help(SearchConfig, 'val_images')}."),
         latency_seconds: Optional[float] = typer.Option(None, "--latency-seconds", help=f"Timed seconds per latency measurement {default_help(SearchConfig, 'latency_seconds', 'the paper: 6')}."),
         latency_input: Optional[str] = typer.Option(None, "--latency-input", help="HxW for latency [default: the data's size]."),
+        latency: Optional[str] = typer.Option(None, "--latency", help=f"measure | predict: time every candidate, or rank by a latency model calibrated on this device and measure only what is written out {default_help(SearchConfig, 'latency')}."),
+        latency_model: Optional[str] = typer.Option(None, "--latency-model", help="Latency model JSON to reuse (refused if made on another device or protocol) or to write [default: OUT/latency_model.json]."),
+        latency_calibration: Optional[int] = typer.Option(None, "--latency-calibration", help=f"Random subnets measured to calibrate the latency model {default_help(SearchConfig, 'latency_calibration')}."),
         seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed {default_help(SearchConfig, 'seed')}."),
         device: Optional[str] = typer.Option(None, "--device", help=f"auto | cpu | cuda {default_help(SearchConfig, 'device')}."),
         config: Optional[str] = typer.Option(None, "--config", help="TOML file with a [search] table (and [supernet] for the demo's supernet)."),
@@ -60,7 +66,8 @@ def register(app: typer.Typer) -> None:
             out=emit_dsl, supernet=supernet, data=data, objective=objective, branches=nbs,
             population=population, generations=generations, crossover=crossover, mutation=mutation,
             miou_min=miou_min, metric=metric, bn_images=bn_images, val_images=val_images, latency_seconds=latency_seconds,
-            latency_input=size_option(latency_input, "--latency-input"), seed=seed, device=device,
+            latency_input=size_option(latency_input, "--latency-input"), latency=latency,
+            latency_model=latency_model, latency_calibration=latency_calibration, seed=seed, device=device,
         ))
 
         sn_cfg = _supernet_table(config, cfg)

@@ -3,23 +3,30 @@ image already on the device, warm-up, timed for six seconds), through ``latency.
 
 Comparisons run in one process and interleave: the timed seconds are cut into rounds and the
 models take turns, so a slow phase of a shared machine hits all of them alike. The combined
-figure is the median of the rounds' medians; the spread the lowest p10 and highest p90.
+figure and its spread (p10, p90, CV) are those of all timed runs of all rounds pooled.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import statistics
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from hyctas_dsl.run.latency import Latency, measure_latency
+from hyctas_dsl.run.latency import Latency, measure_latency, summarize
 
-__all__ = ["DTYPES", "prepare", "bench", "bench_interleaved", "format_rows"]
+__all__ = ["DTYPES", "prepare", "bench", "bench_interleaved", "format_rows", "default_channels_last"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_channels_last(device) -> bool:
+    """The memory layout for inference when the user names none: channels-last on the CPU,
+    where oneDNN's convolutions run it without reorders (the zoo, 1 thread: 1.05x to 1.16x
+    the FPS of the default layout at 512x1024 and for S at 1024x2048, docs/retrain.md); the
+    default layout on a GPU, where it was not measured to be faster."""
+    return torch.device(device).type == "cpu"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,20 +75,16 @@ def bench_interleaved(models: Sequence[nn.Module], input_size: tuple[int, int], 
                                           seconds / rounds, backend=backend, channels_last=cl))
     out = []
     for lats in per:
-        out.append(dataclasses.replace(
-            lats[0],
-            median_ms=statistics.median(l.median_ms for l in lats),
-            p10_ms=min(l.p10_ms for l in lats),
-            p90_ms=max(l.p90_ms for l in lats),
-            runs=sum(l.runs for l in lats),
-            timed_s=sum(l.timed_s for l in lats),
-        ))
+        pooled = [t for l in lats for t in l.samples]
+        out.append(dataclasses.replace(lats[0], **summarize(pooled), timed_s=sum(l.timed_s for l in lats),
+                                       samples=tuple(pooled)))
     return out
 
 
 def format_rows(names: Sequence[str], lats: Sequence[Latency]) -> str:
     width = max(len(n) for n in list(names) + ["arch"])
-    lines = [f"{'arch':<{width}}  {'FPS':>8}  {'median ms':>10}  {'p10..p90 ms':>17}  runs"]
+    lines = [f"{'arch':<{width}}  {'FPS':>8}  {'median ms':>10}  {'p10..p90 ms':>17}  {'CV':>6}  runs"]
     for n, l in zip(names, lats):
-        lines.append(f"{n:<{width}}  {l.fps:8.2f}  {l.median_ms:10.2f}  {l.p10_ms:8.2f}..{l.p90_ms:<8.2f}  {l.runs}")
+        lines.append(f"{n:<{width}}  {l.fps:8.2f}  {l.median_ms:10.2f}  {l.p10_ms:8.2f}..{l.p90_ms:<8.2f}  "
+                     f"{l.cv:6.1%}  {l.runs}")
     return "\n".join(lines)

@@ -136,6 +136,13 @@ class SearchConfig(_Config):
     val_images: int = Field(256, ge=1, description="validation images per candidate")
     latency_seconds: float = Field(0.3, gt=0, description="timed seconds per latency measurement (the paper: 6)")
     latency_input: Optional[tuple[Pixels, Pixels]] = Field(None, description="HxW for latency (default: the data's size)")
+    latency: Literal["measure", "predict"] = Field(
+        "predict", description="rank by a stopwatch on every candidate, or by the calibrated latency model "
+        "(only what is written out is measured)")
+    latency_model: Optional[str] = Field(
+        None, min_length=1, description="latency model JSON: reused when it exists and fits this device and protocol, "
+        "else calibrated and saved (default: OUT/latency_model.json)")
+    latency_calibration: int = Field(24, ge=4, description="random subnets measured to calibrate the latency model")
     seed: int = Field(0, ge=0, description="seeds numpy generators, which take no negative seeds")
     device: str = "auto"
 

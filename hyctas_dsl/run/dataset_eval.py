@@ -34,6 +34,7 @@ class EvalResult:
     scales: tuple[float, ...]
     flip: bool
     samples: list = field(default_factory=list)  # (image CHW normalised, label HW, prediction HW) for the grid
+    layout: str = "contiguous"  # memory layout of the inference: contiguous | channels-last
 
     @property
     def miou(self) -> float:
@@ -41,7 +42,7 @@ class EvalResult:
 
     def to_json(self) -> dict:
         s = self.cm.summary(self.classes)
-        s.update({"images": self.images, "scales": list(self.scales), "flip": self.flip})
+        s.update({"images": self.images, "scales": list(self.scales), "flip": self.flip, "layout": self.layout})
         return s
 
 
@@ -67,9 +68,10 @@ def predict(model: nn.Module, x: torch.Tensor, scales: Sequence[float] = (1.0,),
 
 def evaluate(model: nn.Module, dataset, indices: Optional[list[int]] = None, device="cpu",
              scales: Sequence[float] = (1.0,), flip: bool = False, batch: int = 16,
-             samples: int = 0, dist_info=None, progress: bool = False) -> EvalResult:
+             samples: int = 0, dist_info=None, progress: bool = False, channels_last: bool = False) -> EvalResult:
     """mIoU of ``model`` on ``dataset`` (its evaluation transform: normalisation only).
-    Under torchrun every rank evaluates its share and the confusion matrices are summed."""
+    Under torchrun every rank evaluates its share and the confusion matrices are summed.
+    ``channels_last`` converts the model (in place) and the batches to that memory layout."""
     from hyctas_dsl.data import ConfusionMatrix
 
     info = dataset.info
@@ -79,6 +81,8 @@ def evaluate(model: nn.Module, dataset, indices: Optional[list[int]] = None, dev
     mine = indices if dist_info is None or not dist_info.enabled else indices[dist_info.rank :: dist_info.world]
     was_training = model.training
     model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     cm = ConfusionMatrix(info.num_classes, info.ignore_index)
     kept: list = []
     bar = None
@@ -89,6 +93,8 @@ def evaluate(model: nn.Module, dataset, indices: Optional[list[int]] = None, dev
     pos = 0
     for x_cpu, y_cpu in image_batches(dataset, mine, batch):
         x, y = x_cpu.to(device), y_cpu.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         pred = predict(model, x, scales, flip).argmax(1)
         cm.update(pred, y)
         for j in range(len(x)):
@@ -102,7 +108,8 @@ def evaluate(model: nn.Module, dataset, indices: Optional[list[int]] = None, dev
     if dist_info is not None and dist_info.enabled:
         cm.all_reduce()
     model.train(was_training)
-    return EvalResult(cm, tuple(info.classes), len(indices), tuple(scales), flip, kept)
+    return EvalResult(cm, tuple(info.classes), len(indices), tuple(scales), flip, kept,
+                      "channels-last" if channels_last else "contiguous")
 
 
 def picture_grid(samples: list, info, path: str | Path, title: str = "") -> None:
@@ -155,7 +162,7 @@ def format_table(res: EvalResult) -> str:
         lines.append(f"{name:<{width}}  {'  n/a' if np.isnan(v) else f'{100 * v:5.1f}'}")
     mode = "single-scale" if res.scales == (1.0,) and not res.flip else (
         f"scales {','.join(f'{s:g}' for s in res.scales)}" + (" + flip" if res.flip else ""))
-    lines.append(f"{'mIoU':<{width}}  {100 * res.miou:5.1f}   ({res.images} images, {mode}, "
+    lines.append(f"{'mIoU':<{width}}  {100 * res.miou:5.1f}   ({res.images} images, {mode}, {res.layout}, "
                  f"pixel accuracy {100 * res.cm.pixel_accuracy():.1f}%)")
     return "\n".join(lines)
 

@@ -21,7 +21,8 @@ OBJECTIVES = {
     "params": ("params", "params (M)", 1e-6),
 }
 
-CSV_FIELDS = ["search", "generation", "branches", "status", "miou", "miou_sd", "latency_ms", "macs", "params", "on_front", "file", "key", "latency_protocol"]
+CSV_FIELDS = ["search", "generation", "branches", "status", "miou", "miou_sd", "latency_ms", "latency_fastest_ms", "latency_cv",
+              "latency_predicted_fastest_ms", "macs", "params", "on_front", "file", "key", "latency_protocol"]
 
 
 def pareto_mask(points: Sequence[tuple[float, float]]) -> list[bool]:

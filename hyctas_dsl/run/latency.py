@@ -1,16 +1,18 @@
 """Latency as the paper measures it (section 4.2, "Evaluation"): batch 1, the input already
 on the device, a warm-up until steady, then timed runs for a fixed time; we report the median
-and the spread, always with the protocol that produced them."""
+and the measurement's own noise (p10 and p90 of the timed runs, and their coefficient of
+variation, std / mean), always with the protocol that produced them."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 import torch
 
-__all__ = ["Latency", "measure_latency"]
+__all__ = ["Latency", "measure_latency", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,12 @@ class Latency:
     threads: int
     warmup_s: float
     timed_s: float
+    cv: float = 0.0  # std / mean of the timed runs: the measurement's repeat noise
+    # the fastest timed run: on a machine shared with other jobs, the runs the scheduler did not
+    # interrupt; what the network itself costs, and the statistic the latency model predicts
+    min_ms: float = 0.0
+    # every timed run (ms), so that rounds can be pooled; not written out
+    samples: tuple = field(default=(), repr=False, compare=False)
 
     @property
     def fps(self) -> float:
@@ -37,13 +45,26 @@ class Latency:
             f"batch 1, {self.input}, {self.device}"
             + (f" ({self.threads} thread{'s' * (self.threads > 1)})" if self.device == "cpu" else "")
             + f", {self.dtype}, {self.backend}, "
-            f"warm-up {self.warmup_s:g} s, median of {self.runs} runs in {self.timed_s:g} s"
+            f"warm-up {self.warmup_s:g} s, median of {self.runs} runs in {self.timed_s:g} s "
+            f"(fastest {self.min_ms:.3g}, p10..p90 {self.p10_ms:.3g}..{self.p90_ms:.3g} ms, CV {self.cv:.1%})"
         )
 
     def to_json(self) -> dict:
         d = asdict(self)
+        del d["samples"]
         d["protocol"] = self.protocol
         return d
+
+
+def summarize(times_ms: Sequence[float]) -> dict:
+    """median, fastest, p10, p90, CV and run count of timed runs (ms)."""
+    times = sorted(times_ms)
+    # inclusive: stays within the observed range with few runs (exclusive can go below 0)
+    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) >= 2 else [times[0]] * 9
+    mean = statistics.fmean(times)
+    cv = statistics.pstdev(times) / mean if len(times) >= 2 and mean > 0 else 0.0
+    return {"median_ms": statistics.median(times), "p10_ms": q[0], "p90_ms": q[-1], "cv": cv, "runs": len(times),
+            "min_ms": times[0]}
 
 
 def _sync(device: torch.device) -> None:
@@ -95,20 +116,15 @@ def _measure(model, input_size, device, dtype, warmup_s, timed_s, min_runs, back
         model(x)
         _sync(device)
         times.append((time.perf_counter() - t0) * 1000.0)
-    times.sort()
-    # inclusive: stays within the observed range with few runs (exclusive can go below 0)
-    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) >= 2 else [times[0]] * 9
     name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
     return Latency(
-        median_ms=statistics.median(times),
-        p10_ms=q[0],
-        p90_ms=q[-1],
-        runs=len(times),
+        **summarize(times),
         device=str(device.type) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         dtype=name,
         input=f"1x3x{input_size[0]}x{input_size[1]}",
-        backend=backend + (", channels-last" if channels_last else ""),
+        backend=backend + (", channels-last" if channels_last else ", contiguous"),
         threads=torch.get_num_threads(),
         warmup_s=warmup_s,
         timed_s=timed_s,
+        samples=tuple(times),
     )
