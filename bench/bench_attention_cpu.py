@@ -3,7 +3,7 @@ CPU dispatch takes its fused flash kernel) against the earlier layout (q, k, v a
 views of the qkv conv's output, which sends `scaled_dot_product_attention` down the math
 path that builds the heads x N x N score matrix). The earlier layout lives here only, as the
 reference. Both networks hold the same weights and are timed in turns in one process
-(`hyctas_dsl.run.bench.bench_interleaved`); then the peak resident set size of one forward
+(`hyctas_dsl.jobs.fps.bench_interleaved`); then the peak resident set size of one forward
 is measured in a fresh subprocess per model (so one model's peak does not hide another's).
 
     .venv/bin/python bench/bench_attention_cpu.py                 # M at 1024x2048, 2 threads
@@ -23,12 +23,12 @@ import types
 import torch
 import torch.nn.functional as F
 
-from hyctas_dsl.api import load
+from hyctas_dsl.language.api import load
 from hyctas_dsl.cli_support import parse_size
 from hyctas_dsl.compiler import export
 from hyctas_dsl.compiler import ops as O
-from hyctas_dsl.run.bench import bench_interleaved
-from hyctas_dsl.spaces import zoo_path
+from hyctas_dsl.jobs.fps import bench_interleaved
+from hyctas_dsl.language.spaces import zoo_path
 
 
 def strided_forward(self: O.Attn, x: torch.Tensor) -> torch.Tensor:

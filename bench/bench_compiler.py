@@ -32,11 +32,11 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from hyctas_dsl.api import load
+from hyctas_dsl.language.api import load
 from hyctas_dsl.compiler import Supernet, export
 from hyctas_dsl.compiler import ops as O
-from hyctas_dsl.cost import arch_cost, op_cost
-from hyctas_dsl.spaces import paper_space, zoo_path
+from hyctas_dsl.model.cost import arch_cost, op_cost
+from hyctas_dsl.language.spaces import paper_space, zoo_path
 
 ZOO = ("hyctas_s", "hyctas_m", "hyctas_l")
 

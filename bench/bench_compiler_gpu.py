@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_compiler import MEM_LAYERS, MEM_SPACE_FILTERS, build_paper_supernet, section2, table, zoo  # noqa: E402
 
 from hyctas_dsl.compiler import Supernet, export  # noqa: E402
-from hyctas_dsl.spaces import paper_space  # noqa: E402
+from hyctas_dsl.language.spaces import paper_space  # noqa: E402
 
 DEV = torch.device(os.environ.get("HYCTAS_BENCH_DEVICE", "cuda"))
 

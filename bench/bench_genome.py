@@ -20,11 +20,11 @@ import time
 
 import numpy as np
 
-from hyctas_dsl.api import canonical_key
-from hyctas_dsl.genome import crossover, dedup, mutate, sample_arch
-from hyctas_dsl.nsga import NSGAConfig, constraint_values, run_search
-from hyctas_dsl.spaces import paper_space
-from hyctas_dsl.validate import check_arch
+from hyctas_dsl.language.api import canonical_key
+from hyctas_dsl.search.genome import crossover, dedup, mutate, sample_arch
+from hyctas_dsl.search.nsga import NSGAConfig, constraint_values, run_search
+from hyctas_dsl.language.spaces import paper_space
+from hyctas_dsl.language.validate import check_arch
 
 
 def timed(fn, *args):

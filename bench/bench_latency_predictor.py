@@ -1,4 +1,4 @@
-"""The latency predictor (hyctas_dsl.run.latency_model) against measurement, beside the
+"""The latency predictor (hyctas_dsl.jobs.latency_model) against measurement, beside the
 measurement's own repeat noise and the earlier per-module lookup table.
 
 For each setting (space, input size): random subnets of the space, as many per branch count
@@ -30,16 +30,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyctas_dsl.api import load
+from hyctas_dsl.language.api import load
 from hyctas_dsl.cli_support import parse_size
 from hyctas_dsl.compiler import export
-from hyctas_dsl.genome import sample_population
-from hyctas_dsl.run.latency import measure_latency
-from hyctas_dsl.run.latency_lut import LatencyLUT
-from hyctas_dsl.run.latency_model import LatencyModel, arch_features, device_fingerprint
-from hyctas_dsl.printer import dumps
-from hyctas_dsl.run.io import write_json
-from hyctas_dsl.spaces import paper_space, zoo_path
+from hyctas_dsl.search.genome import sample_population
+from hyctas_dsl.jobs.latency import measure_latency
+from hyctas_dsl.jobs.latency_lut import LatencyLUT
+from hyctas_dsl.jobs.latency_model import LatencyModel, arch_features, device_fingerprint
+from hyctas_dsl.language.printer import dumps
+from hyctas_dsl.jobs.io import write_json
+from hyctas_dsl.language.spaces import paper_space, zoo_path
 
 SETTINGS = ("digits@64x64", "paper@64x64", "paper@512x1024")
 

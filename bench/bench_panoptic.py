@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from hyctas_dsl.api import load
+from hyctas_dsl.language.api import load
 from hyctas_dsl.cli_support import parse_size
 from hyctas_dsl.compiler import export
 from hyctas_dsl.data.panoptic import CITYSCAPES_THINGS
-from hyctas_dsl.run.latency import measure_latency
-from hyctas_dsl.run.panoptic import PostProcess, as_outputs, find_centers
-from hyctas_dsl.run.panoptic_eval import _PostOnly
-from hyctas_dsl.spaces import zoo_path
+from hyctas_dsl.jobs.latency import measure_latency
+from hyctas_dsl.jobs.panoptic import PostProcess, as_outputs, find_centers
+from hyctas_dsl.jobs.panoptic_eval import _PostOnly
+from hyctas_dsl.language.spaces import zoo_path
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,7 +37,7 @@ def street_scene(h: int, w: int, instances: int, seed: int = 0):
     building, vegetation, road), ``instances`` cars and persons of 20..200 px, as one-hot
     logits and the exact centre heatmap and offsets (the training targets)."""
     from hyctas_dsl.data.panoptic import encode_pan
-    from hyctas_dsl.run.panoptic import panoptic_targets
+    from hyctas_dsl.jobs.panoptic import panoptic_targets
 
     g = torch.Generator().manual_seed(seed)
     sem = torch.zeros(h, w, dtype=torch.long)  # road
@@ -97,7 +97,7 @@ def timing(args) -> None:
 
 
 def retrain(args) -> None:
-    from hyctas_dsl.run.retrain import TrainConfig, train
+    from hyctas_dsl.jobs.retrain import TrainConfig, train
 
     digits_space = load(zoo_path("digits_space.hy")).spaces[0]
     arch = load(HERE / "digits_panoptic.hy", space=digits_space).archs[0]

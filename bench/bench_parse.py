@@ -16,12 +16,12 @@ import statistics
 import time
 from pathlib import Path
 
-from hyctas_dsl.api import canonical_key
-from hyctas_dsl.cost import training_memory
-from hyctas_dsl.parser import parse
-from hyctas_dsl.printer import dumps
-from hyctas_dsl.spaces import paper_space
-from hyctas_dsl.validate import check_module
+from hyctas_dsl.language.api import canonical_key
+from hyctas_dsl.model.cost import training_memory
+from hyctas_dsl.language.parser import parse
+from hyctas_dsl.language.printer import dumps
+from hyctas_dsl.language.spaces import paper_space
+from hyctas_dsl.language.validate import check_module
 
 ROOT = Path(__file__).resolve().parent.parent
 

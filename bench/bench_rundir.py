@@ -18,9 +18,9 @@ import time
 import torch
 
 from hyctas_dsl.compiler import Supernet
-from hyctas_dsl.run.common import make_optimizer, resolve_space
-from hyctas_dsl.run.config import SupernetConfig
-from hyctas_dsl.run.rundir import RunDir, is_finite
+from hyctas_dsl.jobs.common import make_optimizer, resolve_space
+from hyctas_dsl.jobs.config import SupernetConfig
+from hyctas_dsl.jobs.rundir import RunDir, is_finite
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ def scratch_miou(job: tuple) -> float:
     text, data, out, steps, optimizer, lr, seed, val_images = job
     torch.set_num_threads(1)
     import hyctas_dsl as hy
-    from hyctas_dsl.run.retrain import TrainConfig, train
+    from hyctas_dsl.jobs.retrain import TrainConfig, train
 
     arch = hy.loads(text, check_rules=False).archs[0]
     cfg = TrainConfig(data=data, out=out, steps=steps, optimizer=optimizer, lr=lr, seed=seed, eval_images=val_images)
@@ -80,11 +80,11 @@ def main() -> int:
 
     import hyctas_dsl as hy
     from hyctas_dsl.compiler.checkpoint import load_supernet
-    from hyctas_dsl.cost import arch_cost
+    from hyctas_dsl.model.cost import arch_cost
     from hyctas_dsl.data import make_datasets
     from hyctas_dsl.data.metrics import miou_of
-    from hyctas_dsl.genome import sample_arch
-    from hyctas_dsl.run.candidate_eval import CandidateEvaluator
+    from hyctas_dsl.search.genome import sample_arch
+    from hyctas_dsl.jobs.candidate_eval import CandidateEvaluator
 
     t_all = time.perf_counter()
     search_dir = Path(args.search)

@@ -58,12 +58,12 @@ def main() -> int:
     from hyctas_dsl.compiler.checkpoint import load_supernet
     from hyctas_dsl.data import make_datasets
     from hyctas_dsl.data.metrics import miou_of
-    from hyctas_dsl.genome import sample_arch
-    from hyctas_dsl.run.common import resolve_space
-    from hyctas_dsl.run.config import SupernetConfig
-    from hyctas_dsl.run.candidate_eval import CandidateEvaluator
-    from hyctas_dsl.run.schemes import step_subnets
-    from hyctas_dsl.run.supernet import train_supernet
+    from hyctas_dsl.search.genome import sample_arch
+    from hyctas_dsl.jobs.common import resolve_space
+    from hyctas_dsl.jobs.config import SupernetConfig
+    from hyctas_dsl.jobs.candidate_eval import CandidateEvaluator
+    from hyctas_dsl.jobs.schemes import step_subnets
+    from hyctas_dsl.jobs.supernet_training import train_supernet
 
     names = [s for s in args.schemes.split(",") if s]
     unknown = [s for s in names if s not in SCHEMES]

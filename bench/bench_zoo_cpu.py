@@ -1,6 +1,6 @@
 """`hyctas bench` of the zoo on this CPU, fp32, eager vs
 channels-last vs torch.compile, measured in one run and interleaved per arch
-(hyctas_dsl.run.bench.bench_interleaved: the three settings take turns, so a busy phase of a
+(hyctas_dsl.jobs.fps.bench_interleaved: the three settings take turns, so a busy phase of a
 shared machine hits all of them alike). Run on purpose:
 
     .venv/bin/python bench/bench_zoo_cpu.py                     # 1024x2048, 6 s each
@@ -15,11 +15,11 @@ import argparse
 
 import torch
 
-from hyctas_dsl.api import load
+from hyctas_dsl.language.api import load
 from hyctas_dsl.cli_support import parse_size
 from hyctas_dsl.compiler import export
-from hyctas_dsl.run.bench import bench_interleaved
-from hyctas_dsl.spaces import zoo_path
+from hyctas_dsl.jobs.fps import bench_interleaved
+from hyctas_dsl.language.spaces import zoo_path
 
 ZOO = ("hyctas_s", "hyctas_m", "hyctas_l")
 # "eager" and "torch.compile" in the default (contiguous) layout, to compare layouts

@@ -39,10 +39,10 @@ def die(msg: str, code: int = 2) -> None:
 
 def emit(out: Path) -> None:
     """Write each zoo arch as a self-contained model.py (torch only, via hyctas)."""
-    from hyctas_dsl.api import load
+    from hyctas_dsl.language.api import load
     from hyctas_dsl.compiler.build import network_source
     from hyctas_dsl.compiler.lower import lower
-    from hyctas_dsl.spaces import zoo_path
+    from hyctas_dsl.language.spaces import zoo_path
 
     out.mkdir(parents=True, exist_ok=True)
     for name in ZOO:
@@ -60,16 +60,16 @@ def build(name: str, models: Path | None):
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod.Net(CLASSES)
-    from hyctas_dsl.api import load
+    from hyctas_dsl.language.api import load
     from hyctas_dsl.compiler import export
-    from hyctas_dsl.spaces import zoo_path
+    from hyctas_dsl.language.spaces import zoo_path
 
     return export(load(zoo_path(f"{name}.hy")).archs[0], classes=CLASSES)
 
 
 def time_model(torch, model, size, device, dtype, seconds, warmup, compiled):
     """Batch 1, input on the device, warm-up, timed for ``seconds`` (paper section 4.2);
-    the same protocol as hyctas_dsl.run.latency, restated so this runs on torch alone."""
+    the same protocol as hyctas_dsl.jobs.latency, restated so this runs on torch alone."""
     model = model.eval().to(device=device, dtype=dtype)
     if compiled:
         model = torch.compile(model)

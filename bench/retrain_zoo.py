@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from hyctas_dsl.api import load
-from hyctas_dsl.cost import arch_cost
-from hyctas_dsl.run.retrain import TrainConfig, train
-from hyctas_dsl.spaces import zoo_path
+from hyctas_dsl.language.api import load
+from hyctas_dsl.model.cost import arch_cost
+from hyctas_dsl.jobs.retrain import TrainConfig, train
+from hyctas_dsl.language.spaces import zoo_path
 
 ZOO = ("hyctas_s", "hyctas_m", "hyctas_l")
 

@@ -19,8 +19,8 @@ import types
 import torch
 from torch import nn
 
-from hyctas_dsl.ast import Arch
-from hyctas_dsl.errors import Diagnostic, HyctasError
+from hyctas_dsl.language.ast import Arch
+from hyctas_dsl.language.errors import Diagnostic, HyctasError
 
 from hyctas_dsl.compiler.lower import Plan, lower, python_source
 from hyctas_dsl.compiler.ops import ops_source

@@ -14,10 +14,10 @@ from typing import Union
 import torch
 from torch import nn
 
-from hyctas_dsl.ast import Arch
-from hyctas_dsl.errors import Diagnostic, HyctasError
+from hyctas_dsl.language.ast import Arch
+from hyctas_dsl.language.errors import Diagnostic, HyctasError
 from hyctas_dsl.fileio import atomic_path, write_text_atomic
-from hyctas_dsl.printer import dumps
+from hyctas_dsl.language.printer import dumps
 
 __all__ = [
     "SUPERNET_FORMAT",
@@ -114,7 +114,7 @@ def load_supernet(path: PathLike, classes: int | None = None):
     tensors: nothing is initialised twice). ``classes``: the class count the caller needs
     (e.g. the data set's); a different stored count is an HY408 error."""
     from hyctas_dsl.compiler.supernet import Supernet
-    from hyctas_dsl.parser import parse
+    from hyctas_dsl.language.parser import parse
 
     meta = read_metadata(path, SUPERNET_FORMAT)
     try:
@@ -147,7 +147,7 @@ def save_model(model: nn.Module, arch: Arch, path: PathLike, classes: int | None
 
 def load_model_arch(path: PathLike) -> tuple[Arch, int]:
     """The arch and class count stored in a standalone checkpoint."""
-    from hyctas_dsl.parser import parse
+    from hyctas_dsl.language.parser import parse
 
     meta = read_metadata(path, MODEL_FORMAT)
     try:

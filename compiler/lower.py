@@ -1,6 +1,6 @@
 """Arch -> a plan of modules over the computation DAG, and the Python source that builds it.
 
-The plan follows ``hyctas_dsl.graph.build_graph`` (shared prefixes computed once), gives every
+The plan follows ``hyctas_dsl.model.graph.build_graph`` (shared prefixes computed once), gives every
 DAG node a Python name derived from its graph name (``main.3`` -> ``main_3``,
 ``fuse.lo->hi.3`` -> ``fuse_lo_to_hi_3``), the op class and constructor arguments of
 ``hyctas_dsl.compiler.ops`` with exact channel counts, and the key of the supernet module
@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from hyctas_dsl.ast import Arch
-from hyctas_dsl.cost import head_channels
-from hyctas_dsl.graph import HEAD, STEM, build_graph, topo_cells
-from hyctas_dsl.ops import attn_bottleneck, resolved_args
-from hyctas_dsl.printer import dumps
+from hyctas_dsl.language.ast import Arch
+from hyctas_dsl.model.cost import head_channels
+from hyctas_dsl.model.graph import HEAD, STEM, build_graph, topo_cells
+from hyctas_dsl.language.op_table import attn_bottleneck, resolved_args
+from hyctas_dsl.language.printer import dumps
 
 __all__ = ["NodePlan", "Plan", "lower", "python_source", "cell_key", "fusion_key", "head_key", "OP_CLASS"]
 

@@ -1,6 +1,6 @@
 """The op library: every module the compiler builds, on torch alone.
 
-This file is the executable form of the op specification in ``hyctas_dsl.cost`` (its module
+This file is the executable form of the op specification in ``hyctas_dsl.model.cost`` (its module
 docstring), paper sections 3.2-3.3 and Table 2. Everything between the ``begin ops`` and
 ``end ops`` markers is copied verbatim into the self-contained ``model.py`` files that
 ``hyctas compile --export model.py`` writes, so it imports nothing but torch and must stay

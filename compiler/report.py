@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hyctas_dsl.cost import Cost, CostReport
+from hyctas_dsl.model.cost import Cost, CostReport
 
 __all__ = ["format_report", "human"]
 

@@ -22,11 +22,11 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from hyctas_dsl.ast import Arch, Space
-from hyctas_dsl.errors import Diagnostic, HyctasError
-from hyctas_dsl.graph import channels
-from hyctas_dsl.ops import attn_bottleneck, resolved_args
-from hyctas_dsl.validate import check_space
+from hyctas_dsl.language.ast import Arch, Space
+from hyctas_dsl.language.errors import Diagnostic, HyctasError
+from hyctas_dsl.model.graph import channels
+from hyctas_dsl.language.op_table import attn_bottleneck, resolved_args
+from hyctas_dsl.language.validate import check_space
 
 from hyctas_dsl.compiler import ops as O
 from hyctas_dsl.compiler.lower import Plan, cell_key, fusion_key, head_key, lower
@@ -69,8 +69,8 @@ def _fmt(xs) -> str:
 def check_structure(arch: Arch) -> None:
     """Raise HyctasError when the arch is not structurally sound (any space): branch lengths,
     strides that only double up to 32, head vs final strides, fusion nodes, op arguments."""
-    from hyctas_dsl.ops import OPS
-    from hyctas_dsl.validate import check_arch
+    from hyctas_dsl.language.op_table import OPS
+    from hyctas_dsl.language.validate import check_arch
 
     heads = tuple(
         h for r in (1, 2, 3) for h in itertools.combinations((8, 16, 32), r)

@@ -17,11 +17,11 @@ The front end (this package minus ``hyctas_dsl.compiler``) never imports torch.
 
 from __future__ import annotations
 
-from hyctas_dsl.api import canonical_key, check, dump, dumps, load, loads, read_text, validate
-from hyctas_dsl.ast import Arch, Branch, Cell, Fusion, Head, MemoryLimit, MetaEntry, Module, OpCall, Space, Span
-from hyctas_dsl.errors import Diagnostic, HyctasError
-from hyctas_dsl.parser import parse
-from hyctas_dsl.spaces import paper_space
+from hyctas_dsl.language.api import canonical_key, check, dump, dumps, load, loads, read_text, validate
+from hyctas_dsl.language.ast import Arch, Branch, Cell, Fusion, Head, MemoryLimit, MetaEntry, Module, OpCall, Space, Span
+from hyctas_dsl.language.errors import Diagnostic, HyctasError
+from hyctas_dsl.language.parser import parse
+from hyctas_dsl.language.spaces import paper_space
 
 __version__ = "0.1.0"
 

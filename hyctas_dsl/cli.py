@@ -18,14 +18,14 @@ from typing import List, Optional
 
 import typer
 
-from hyctas_dsl.api import canonical_key
-from hyctas_dsl.ast import Module
+from hyctas_dsl.language.api import canonical_key
+from hyctas_dsl.language.ast import Module
 from hyctas_dsl.cli_support import exit_code_for, fail_usage, load_checked, load_space, read_source  # noqa: F401
-from hyctas_dsl.errors import HyctasError
+from hyctas_dsl.language.errors import HyctasError
 from hyctas_dsl.fileio import write_text_atomic
-from hyctas_dsl.parser import parse
-from hyctas_dsl.printer import dumps
-from hyctas_dsl.validate import check_module
+from hyctas_dsl.language.parser import parse
+from hyctas_dsl.language.printer import dumps
+from hyctas_dsl.language.validate import check_module
 
 LANGUAGE_TOUR = """\
 hyctas describes HyCTAS search spaces and architectures in a small text language:

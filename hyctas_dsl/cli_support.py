@@ -24,11 +24,11 @@ from typing import Any, Callable, Optional, TypeVar
 
 import typer
 
-from hyctas_dsl.api import decode
-from hyctas_dsl.ast import Arch, Module, Space
-from hyctas_dsl.errors import HyctasError
-from hyctas_dsl.parser import parse
-from hyctas_dsl.validate import TASKS, check_module
+from hyctas_dsl.language.api import decode
+from hyctas_dsl.language.ast import Arch, Module, Space
+from hyctas_dsl.language.errors import HyctasError
+from hyctas_dsl.language.parser import parse
+from hyctas_dsl.language.validate import TASKS, check_module
 
 __all__ = ["fail_usage", "read_source", "load_space", "load_checked", "pick", "load_arch", "with_task", "TASK_HELP", "parse_size",
            "size_option", "out_dir_option", "default_help", "job_config", "MAX_CLASSES", "run_cli_job", "exit_code_for", "INSTALL_TRAIN"]
@@ -196,7 +196,7 @@ def job_config(model: type[T], table: str, config: Optional[str], overrides: dic
     """A long job's config: the pydantic model's defaults < the ``[table]`` of the TOML file
     ``config`` < command-line options (those given). Errors exit 2 with one line naming the
     file and key; nothing has started yet."""
-    from hyctas_dsl.run.config import ConfigError, load_config, merge
+    from hyctas_dsl.jobs.config import ConfigError, load_config, merge
 
     try:
         tables = load_config(config)
@@ -245,7 +245,7 @@ def exit_code_for(e: BaseException, memory: str = "") -> int:
     to make smaller when the network does not fit (e.g. "at 1024x2048 on cpu; try a smaller
     --input")."""
     from hyctas_dsl.data.base import DataError
-    from hyctas_dsl.run.errors import ConfigError, JobError, TrainingDiverged
+    from hyctas_dsl.jobs.errors import ConfigError, JobError, TrainingDiverged
 
     def say(msg: str) -> None:
         typer.echo(f"hyctas: {msg}", err=True)

@@ -4,7 +4,7 @@
   are layers. Each cell is a box coloured by its op and labelled with its width; each branch
   is a path of edges through the grid (a downsampling cell sits one row lower, reached by a
   diagonal edge, and is marked ``↓2``); cells that several branches compute once (shared
-  prefixes, :func:`hyctas_dsl.graph.build_graph`) are one box, and the edges into them grow
+  prefixes, :func:`hyctas_dsl.model.graph.build_graph`) are one box, and the edges into them grow
   thicker with the number of branches they carry. Fusion nodes (section 3.2's binary gates
   N_s^l) are small black diamonds on dashed edges. The stem is on the left, the aggregation
   head theta on the right; a legend and a caption with the arch's meta facts sit below.
@@ -30,10 +30,10 @@ from html import escape
 
 import graphviz
 
-from hyctas_dsl.ast import Arch, Space
-from hyctas_dsl.graph import build_graph
-from hyctas_dsl.ops import OPS
-from hyctas_dsl.printer import format_op
+from hyctas_dsl.language.ast import Arch, Space
+from hyctas_dsl.model.graph import build_graph
+from hyctas_dsl.language.op_table import OPS
+from hyctas_dsl.language.printer import format_op
 
 __all__ = ["draw", "draw_space", "draw_diff", "OP_COLORS", "op_color", "SIDE_COLORS"]
 

@@ -16,10 +16,10 @@ import math
 
 from hypothesis import strategies as st
 
-from hyctas_dsl.ast import Arch, Branch, Cell, Fusion, Head, MemoryLimit, MetaEntry, Module, OpCall, Space
-from hyctas_dsl.ops import OPS
-from hyctas_dsl.spaces import paper_space
-from hyctas_dsl.validate import check_arch, check_module
+from hyctas_dsl.language.ast import Arch, Branch, Cell, Fusion, Head, MemoryLimit, MetaEntry, Module, OpCall, Space
+from hyctas_dsl.language.op_table import OPS
+from hyctas_dsl.language.spaces import paper_space
+from hyctas_dsl.language.validate import check_arch, check_module
 
 __all__ = [
     "names",

@@ -287,10 +287,10 @@ def test_front_end_works_without_torch(argv):
 # NSGA-II, the CLI and its plumbing, every command module (registered, as `hyctas` does) and
 # the job configs. Importing them must not import torch.
 FRONT_END = [
-    "hyctas_dsl", "hyctas_dsl.api", "hyctas_dsl.ast", "hyctas_dsl.parser", "hyctas_dsl.printer",
-    "hyctas_dsl.validate", "hyctas_dsl.errors", "hyctas_dsl.fileio", "hyctas_dsl.ops", "hyctas_dsl.cost",
-    "hyctas_dsl.graph", "hyctas_dsl.draw", "hyctas_dsl.genome", "hyctas_dsl.nsga", "hyctas_dsl.spaces",
-    "hyctas_dsl.cli", "hyctas_dsl.cli_support", "hyctas_dsl.run.config", "hyctas_dsl.run.errors",
+    "hyctas_dsl", "hyctas_dsl.language.api", "hyctas_dsl.language.ast", "hyctas_dsl.language.parser", "hyctas_dsl.language.printer",
+    "hyctas_dsl.language.validate", "hyctas_dsl.language.errors", "hyctas_dsl.fileio", "hyctas_dsl.language.op_table", "hyctas_dsl.model.cost",
+    "hyctas_dsl.model.graph", "hyctas_dsl.draw", "hyctas_dsl.search.genome", "hyctas_dsl.search.nsga", "hyctas_dsl.language.spaces",
+    "hyctas_dsl.cli", "hyctas_dsl.cli_support", "hyctas_dsl.jobs.config", "hyctas_dsl.jobs.errors",
     "hyctas_dsl.data.base", "hyctas_dsl.data.metrics",
 ]
 

@@ -9,11 +9,11 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from hyctas_dsl.api import loads
+from hyctas_dsl.language.api import loads
 from hyctas_dsl.commands import compile as compile_cmd
 from hyctas_dsl.compiler import Supernet, export
 from hyctas_dsl.compiler.checkpoint import load_model, save_supernet
-from hyctas_dsl.cost import arch_cost
+from hyctas_dsl.model.cost import arch_cost
 
 from tests.conftest import ARCHS
 

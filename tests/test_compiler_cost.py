@@ -1,4 +1,4 @@
-"""The analytic cost model (hyctas_dsl/cost.py) against the built modules: parameter counts
+"""The analytic cost model (hyctas_dsl/model/cost.py) against the built modules: parameter counts
 exact, MACs within 1% of torch's FlopCounterMode (2 FLOPs per MAC), for the zoo and random
 architectures."""
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from hyctas_dsl.api import load
+from hyctas_dsl.language.api import load
 from hyctas_dsl.compiler import export
-from hyctas_dsl.cost import arch_cost
-from hyctas_dsl.spaces import zoo_path
+from hyctas_dsl.model.cost import arch_cost
+from hyctas_dsl.language.spaces import zoo_path
 
 from tests.conftest import IN_CI
 from tests.test_compiler_ops import random_arch
@@ -93,7 +93,7 @@ def test_per_row_params_match_the_modules():
 def test_each_op_macs_exact(op, down):
     """Per op, at a size where attention's N^2 term dominates, MACs agree exactly."""
     from hyctas_dsl.compiler import ops as O
-    from hyctas_dsl.cost import op_cost
+    from hyctas_dsl.model.cost import op_cost
 
     c_in, c_out, h, w = 16, 24, 32, 48
     args = {"heads": 4, "ratio": 0.5} if op == "attn" else {}
@@ -118,9 +118,9 @@ def test_total_cost_equals_the_sum_of_arch_cost_rows():
     # total_cost is the validator's fast path for constraint 4; it must agree with the graph walk
     import numpy as np
 
-    from hyctas_dsl.cost import arch_cost, total_cost
-    from hyctas_dsl.genome import sample_population
-    from hyctas_dsl.spaces import paper_space, zoo_files
+    from hyctas_dsl.model.cost import arch_cost, total_cost
+    from hyctas_dsl.search.genome import sample_population
+    from hyctas_dsl.language.spaces import paper_space, zoo_files
 
     archs = [load(zoo_path(f)).archs[0] for f in zoo_files() if "space" not in f]
     archs += [random_arch(seed) for seed in range(30)]

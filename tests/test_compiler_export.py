@@ -14,7 +14,7 @@ import torch
 
 from hyctas_dsl.compiler import Supernet, export
 from hyctas_dsl.compiler.checkpoint import load_model, load_model_arch, load_supernet, save_model, save_supernet, write_python
-from hyctas_dsl.errors import HyctasError
+from hyctas_dsl.language.errors import HyctasError
 
 from tests.conftest import IN_CI
 from tests.test_compiler_ops import random_arch, small_space

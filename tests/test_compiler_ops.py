@@ -1,4 +1,4 @@
-"""The op library (compiler/ops.py) against its specification (hyctas_dsl/cost.py docstring),
+"""The op library (compiler/ops.py) against its specification (hyctas_dsl/model/cost.py docstring),
 and the random-architecture generator the other compiler tests share."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import random
 import pytest
 import torch
 
-from hyctas_dsl.ast import Arch, Branch, Cell, Fusion, Head, OpCall, Space
+from hyctas_dsl.language.ast import Arch, Branch, Cell, Fusion, Head, OpCall, Space
 from hyctas_dsl.compiler import export, set_drop_path
 from hyctas_dsl.compiler import ops as O
-from hyctas_dsl.cost import op_cost
-from hyctas_dsl.validate import check_arch
+from hyctas_dsl.model.cost import op_cost
+from hyctas_dsl.language.validate import check_arch
 
 OPS = ("skip", "conv", "zconv", "zconv2", "attn")
 HEADS = ((8,), (16,), (32,), (8, 16), (8, 32), (8, 16, 32))

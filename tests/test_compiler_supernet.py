@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyctas_dsl.api import loads
+from hyctas_dsl.language.api import loads
 from hyctas_dsl.compiler import Supernet, export
-from hyctas_dsl.errors import HyctasError
+from hyctas_dsl.language.errors import HyctasError
 
 from tests.conftest import IN_CI
 from tests.test_compiler_ops import random_arch, small_space

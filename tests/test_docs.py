@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:  # `python tests/test_docs.py --update`
 
 import hyctas_dsl as hy  # noqa: E402
 from hyctas_dsl.cli import app  # noqa: E402
-from hyctas_dsl.validate import RULES  # noqa: E402
+from hyctas_dsl.language.validate import RULES  # noqa: E402
 
 DOC = ROOT / "docs" / "language.md"
 COMMAND = "$ hyctas validate example.hy"

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 import hyctas_dsl as hy
 from hyctas_dsl.commands import draw as draw_cmd
 from hyctas_dsl.draw import _BOX_H, _BOX_W, OP_COLORS, diff_cells, draw, draw_diff, draw_space
-from hyctas_dsl.graph import build_graph
+from hyctas_dsl.model.graph import build_graph
 from tests.conftest import ARCHS, ROOT
 
 GOLDEN = ROOT / "tests" / "golden" / "draw"

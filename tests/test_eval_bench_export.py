@@ -13,14 +13,14 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from hyctas_dsl.api import loads
+from hyctas_dsl.language.api import loads
 from hyctas_dsl.commands import bench as bench_cmd
 from hyctas_dsl.commands import eval as eval_cmd
 from hyctas_dsl.commands import export as export_cmd
 from hyctas_dsl.compiler import export
 from hyctas_dsl.compiler.checkpoint import save_model
 from hyctas_dsl.data import make_datasets
-from hyctas_dsl.run.dataset_eval import evaluate, predict
+from hyctas_dsl.jobs.dataset_eval import evaluate, predict
 
 from tests.test_retrain import DATA, TINY
 
@@ -186,7 +186,7 @@ def test_export_errors(files, tmp_path):
 
 
 def test_bench_out_of_memory_is_one_line(files, monkeypatch):
-    import hyctas_dsl.run.bench as bench_mod
+    import hyctas_dsl.jobs.fps as bench_mod
 
     def too_big(*_a, **_k):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")

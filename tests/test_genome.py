@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hyctas_dsl as hy
-from hyctas_dsl.errors import HyctasError
-from hyctas_dsl.genome import crossover, dedup, mutate, normalize, sample_arch, sample_population
-from hyctas_dsl.spaces import paper_space
-from hyctas_dsl.validate import check_arch
+from hyctas_dsl.language.errors import HyctasError
+from hyctas_dsl.search.genome import crossover, dedup, mutate, normalize, sample_arch, sample_population
+from hyctas_dsl.language.spaces import paper_space
+from hyctas_dsl.language.validate import check_arch
 from tests.conftest import ARCHS
 from tests.strategies import valid_archs
 
@@ -142,7 +142,7 @@ def test_ops_widths_and_gates():
 def test_constraint_4_is_resampled_not_violated():
     # Every sample fits the memory limit (about a third of raw draws do not).
     r = rng(5)
-    from hyctas_dsl.genome import _sample_once
+    from hyctas_dsl.search.genome import _sample_once
 
     raw = [_sample_once(SMALL, r, 3, 6, 4, 0.5).build() for _ in range(100)]
     assert sum(1 for a in raw if [d.code for d in check_arch(a, SMALL)] == ["HY104"]) > 10

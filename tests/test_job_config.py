@@ -1,4 +1,4 @@
-"""The long jobs' options, from the command line and from TOML (run/config.py): every value a
+"""The long jobs' options, from the command line and from TOML (jobs/config.py): every value a
 job cannot use is refused where it is declared, in one line naming the file and key (exit 2),
 before any work starts. Torch-free: these run on an install without the [train] extra."""
 
@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hyctas_dsl.cli import _register_commands, app
-from hyctas_dsl.run.config import SearchConfig, SupernetConfig, TrainConfig
+from hyctas_dsl.jobs.config import SearchConfig, SupernetConfig, TrainConfig
 from tests.conftest import ARCHS
 
 _register_commands()

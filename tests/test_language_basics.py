@@ -3,7 +3,7 @@
 import pytest
 
 import hyctas_dsl as hy
-from hyctas_dsl.errors import HyctasError
+from hyctas_dsl.language.errors import HyctasError
 from tests.conftest import ARCHS
 
 ZOO = sorted(ARCHS.glob("*.hy"))

@@ -29,12 +29,12 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import hyctas_dsl as hy
-from hyctas_dsl.api import decode
+from hyctas_dsl.language.api import decode
 from hyctas_dsl.cli import app
-from hyctas_dsl.errors import HyctasError
-from hyctas_dsl.ops import OPS
-from hyctas_dsl.parser import MAX_LAYER
-from hyctas_dsl.validate import check_module
+from hyctas_dsl.language.errors import HyctasError
+from hyctas_dsl.language.op_table import OPS
+from hyctas_dsl.language.parser import MAX_LAYER
+from hyctas_dsl.language.validate import check_module
 from tests.conftest import ARCHS, IN_CI, ROOT
 
 ZOO = {p.name: p.read_text(encoding="utf-8") for p in sorted(ARCHS.glob("*.hy"))}

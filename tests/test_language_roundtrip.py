@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 import hyctas_dsl as hy
 from hyctas_dsl.cli import app
-from hyctas_dsl.printer import RUN_MIN
-from hyctas_dsl.validate import check_module
+from hyctas_dsl.language.printer import RUN_MIN
+from hyctas_dsl.language.validate import check_module
 from tests.conftest import ARCHS, IN_CI
 from tests.strategies import any_archs, any_modules, comment_texts, valid_archs, valid_modules
 
@@ -226,8 +226,8 @@ def test_fmt_stdin_to_stdout():
 
 def _reference_key(arch) -> str:
     """canonical_key as first written (before it was optimised for the search's hot loop)."""
-    from hyctas_dsl.ops import OPS
-    from hyctas_dsl.printer import format_op
+    from hyctas_dsl.language.op_table import OPS
+    from hyctas_dsl.language.printer import format_op
 
     order = sorted(arch.branches, key=lambda b: (b.final_stride(), [str(c) for c in b.cells]))
     index = {b.name: i for i, b in enumerate(order)}

@@ -12,8 +12,8 @@ import io
 import pytest
 
 import hyctas_dsl as hy
-from hyctas_dsl.errors import HyctasError
-from hyctas_dsl.validate import RULES
+from hyctas_dsl.language.errors import HyctasError
+from hyctas_dsl.language.validate import RULES
 
 BASE = """\
 hyctas 1

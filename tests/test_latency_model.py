@@ -7,15 +7,15 @@ import json
 import pytest
 
 import hyctas_dsl as hy
-from hyctas_dsl.cost import arch_cost
-from hyctas_dsl.run.latency_model import (
+from hyctas_dsl.model.cost import arch_cost
+from hyctas_dsl.jobs.latency_model import (
     KINDS,
     LatencyModel,
     LatencyModelError,
     arch_features,
     device_fingerprint,
 )
-from hyctas_dsl.spaces import zoo_path
+from hyctas_dsl.language.spaces import zoo_path
 
 PROTOCOL = {"input": "1x3x64x64", "dtype": "fp32", "threads": 1, "layout": "contiguous"}
 

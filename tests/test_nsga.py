@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import hyctas_dsl as hy
-from hyctas_dsl.cost import arch_cost
-from hyctas_dsl.errors import HyctasError
-from hyctas_dsl.genome import sample_arch
-from hyctas_dsl.nsga import (
+from hyctas_dsl.model.cost import arch_cost
+from hyctas_dsl.language.errors import HyctasError
+from hyctas_dsl.search.genome import sample_arch
+from hyctas_dsl.search.nsga import (
     ArchCrossover,
     ArchDuplicateElimination,
     ArchMutation,
@@ -25,7 +25,7 @@ from hyctas_dsl.nsga import (
     pareto_front,
     run_search,
 )
-from hyctas_dsl.validate import check_arch
+from hyctas_dsl.language.validate import check_arch
 from tests.test_genome import SMALL, SMALL_TEXT
 
 INPUT = (64, 64)
@@ -224,7 +224,7 @@ def test_constraint_values():
     assert constraint_values(arch.model_copy(update={"branches": (), "fusions": ()}), SMALL)[0] == 1.0
     # constraint 4: GiB over the limit
     tight = hy.parse(SMALL_TEXT.replace("5 MiB", "1 KiB")).spaces[0]
-    from hyctas_dsl.cost import training_memory
+    from hyctas_dsl.model.cost import training_memory
 
     mem = training_memory(arch, 2, (64, 64))
     assert constraint_values(arch, tight)[3] == pytest.approx((mem - 1024) / 2**30)

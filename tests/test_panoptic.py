@@ -22,7 +22,7 @@ from hyctas_dsl.data.panoptic import (
     open_digits_panoptic,
     open_panoptic_dataset,
 )
-from hyctas_dsl.run.panoptic import (
+from hyctas_dsl.jobs.panoptic import (
     PanopticQuality,
     PostProcess,
     find_centers,
@@ -369,7 +369,7 @@ def test_panoptic_view_equals_standalone_export_and_torchscript(panoptic_parts):
 
 
 def test_panoptic_exports_onnx_model_py_safetensors(tmp_path):
-    from hyctas_dsl.api import loads
+    from hyctas_dsl.language.api import loads
     from hyctas_dsl.compiler.artifacts import run_artifact, write_artifact
     from hyctas_dsl.compiler import export
 
@@ -398,8 +398,8 @@ def test_panoptic_exports_onnx_model_py_safetensors(tmp_path):
 
 def test_panoptic_cost_counts_the_branches_and_semantic_supernet_refuses(panoptic_parts):
     from hyctas_dsl.compiler import Supernet, lower
-    from hyctas_dsl.cost import arch_cost
-    from hyctas_dsl.errors import HyctasError
+    from hyctas_dsl.model.cost import arch_cost
+    from hyctas_dsl.language.errors import HyctasError
     from tests.test_compiler_ops import small_space
 
     arch, sn, model = panoptic_parts
@@ -513,9 +513,9 @@ def test_train_eval_bench_a_panoptic_model(tmp_path):
 
 
 def test_supernet_and_search_optimise_pq(tmp_path):
-    from hyctas_dsl.run.config import ConfigError, SearchConfig, SupernetConfig
-    from hyctas_dsl.run.search import search
-    from hyctas_dsl.run.supernet import train_supernet
+    from hyctas_dsl.jobs.config import ConfigError, SearchConfig, SupernetConfig
+    from hyctas_dsl.jobs.search import search
+    from hyctas_dsl.jobs.supernet_training import train_supernet
 
     space = TINY_PANOPTIC.split("arch tiny")[0].replace("output_strides 4\n", "output_strides 4\n  task panoptic\n")
     (tmp_path / "space.hy").write_text(space)
@@ -548,8 +548,8 @@ def test_supernet_and_search_optimise_pq(tmp_path):
 
 def test_task_round_trips_and_is_canonical():
     import hyctas_dsl as hy
-    from hyctas_dsl.api import canonical_key
-    from hyctas_dsl.validate import check_module
+    from hyctas_dsl.language.api import canonical_key
+    from hyctas_dsl.language.validate import check_module
 
     text = TINY_PANOPTIC.replace("output_strides 4\n", "output_strides 4\n  task panoptic\n").replace(
         "output_stride 4\n", "output_stride 4\n  task panoptic\n")
@@ -565,7 +565,7 @@ def test_task_round_trips_and_is_canonical():
     bad = hy.parse(TINY_PANOPTIC.replace("output_strides 4\n", "output_strides 4\n  task instance\n"))
     assert [d.code for d in check_module(bad)] == ["HY301"]
     # the search's genome keeps the space's task
-    from hyctas_dsl.genome import sample_arch
+    from hyctas_dsl.search.genome import sample_arch
     import numpy as np
 
     assert sample_arch(space, np.random.default_rng(0)).task == "panoptic"

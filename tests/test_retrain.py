@@ -15,12 +15,12 @@ import typer
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from hyctas_dsl.api import loads
+from hyctas_dsl.language.api import loads
 from hyctas_dsl.commands import train as train_cmd
 from hyctas_dsl.compiler import export, set_drop_path
-from hyctas_dsl.run.config import TrainConfig
-from hyctas_dsl.run.errors import ResumeMismatch
-from hyctas_dsl.run.retrain import RetrainNet, drop_path_at, ohem_loss, poly_lr, train
+from hyctas_dsl.jobs.config import TrainConfig
+from hyctas_dsl.jobs.errors import ResumeMismatch
+from hyctas_dsl.jobs.retrain import RetrainNet, drop_path_at, ohem_loss, poly_lr, train
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -213,7 +213,7 @@ def test_cli_errors_are_one_line(arch_file, tmp_path):
 def test_torchrun_two_processes_match_one_process(arch_file, tmp_path):
     """Same global batch, BatchNorm over the global batch (GlobalBatchNorm2d on CPU), losses
     normalised by global pixel counts: the same weights up to float rounding. Drop path is
-    off: its masks are drawn per rank (see hyctas_dsl.run.retrain)."""
+    off: its masks are drawn per rank (see hyctas_dsl.jobs.retrain)."""
     common = ["--data", DATA, "--steps", "3", "--batch", "4", "--seed", "2", "--drop-path", "0", "--aux",
               "--ohem", "--eval-images", "8", "--quiet", "--lr", "0.02"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -1,4 +1,4 @@
-"""Fault injection on the run directory of the long jobs (run/rundir.py): a crash at chosen
+"""Fault injection on the run directory of the long jobs (jobs/rundir.py): a crash at chosen
 points of the write sequence, a killed process, a read-only and a full output directory,
 concurrent runs, divergence, damaged and foreign checkpoints. Each test asserts what the user
 is left with: a loadable, finite last checkpoint, an exact resume, one clear line."""
@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 
 from hyctas_dsl import fileio
 from hyctas_dsl.cli import _register_commands, app
-from hyctas_dsl.run.config import SupernetConfig
-from hyctas_dsl.run.errors import ResumeMismatch, RunDirError, TrainingDiverged
-from hyctas_dsl.run.rundir import RunDir
-from hyctas_dsl.run.supernet import train_supernet
+from hyctas_dsl.jobs.config import SupernetConfig
+from hyctas_dsl.jobs.errors import ResumeMismatch, RunDirError, TrainingDiverged
+from hyctas_dsl.jobs.rundir import RunDir
+from hyctas_dsl.jobs.supernet_training import train_supernet
 from tests.conftest import IN_CI, ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -138,7 +138,7 @@ def test_kill_9_mid_write_leaves_litter_that_resume_removes(straight, tmp_path):
         sys.path.insert(0, {str(ROOT)!r})
         import torch; torch.set_num_threads(1)
         from hyctas_dsl import fileio
-        from hyctas_dsl.run.supernet import train_supernet
+        from hyctas_dsl.jobs.supernet_training import train_supernet
         from tests.test_rundir import cfg
         real = os.replace
         def replace(src, dst):
@@ -303,7 +303,7 @@ def test_full_disk_is_one_line_and_leaves_no_half_file(space_file, tmpfs):
 
 
 def test_eval_refuses_non_finite_weights(tmp_path):
-    from hyctas_dsl.api import load
+    from hyctas_dsl.language.api import load
     from hyctas_dsl.compiler import export
     from hyctas_dsl.compiler.checkpoint import save_model
 
@@ -319,7 +319,7 @@ def test_eval_refuses_non_finite_weights(tmp_path):
 
 
 def test_unexpected_exception_is_a_bug_report_with_exit_123(space_file, tmp_path, monkeypatch):
-    from hyctas_dsl.run import supernet
+    from hyctas_dsl.jobs import supernet_training as supernet
 
     def boom(*a, **k):
         raise ZeroDivisionError("a bug")

@@ -13,9 +13,9 @@ import torch
 
 import hyctas_dsl as hy
 from hyctas_dsl.compiler import export
-from hyctas_dsl.run.config import ConfigError, SearchConfig, SupernetConfig
-from hyctas_dsl.run.search import search
-from hyctas_dsl.run.supernet import train_supernet
+from hyctas_dsl.jobs.config import ConfigError, SearchConfig, SupernetConfig
+from hyctas_dsl.jobs.search import search
+from hyctas_dsl.jobs.supernet_training import train_supernet
 from tests.test_supernet_train import DATA, TINY_SPACE
 from tests.conftest import free_port
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hyctas_dsl.run.config import SupernetConfig
-from hyctas_dsl.run.supernet import ResumeMismatch, TrainingDiverged, train_supernet
+from hyctas_dsl.jobs.config import SupernetConfig
+from hyctas_dsl.jobs.supernet_training import ResumeMismatch, TrainingDiverged, train_supernet
 from tests.conftest import free_port
 
 TINY_SPACE = """hyctas 1
@@ -128,7 +128,7 @@ def _space():
 
 
 def test_sandwich_step_trains_largest_smallest_and_random_subnets():
-    from hyctas_dsl.run.schemes import step_subnets
+    from hyctas_dsl.jobs.schemes import step_subnets
 
     space = _space()
     c = SupernetConfig(scheme="sandwich", random_subnets=3, branch_balance=True, seed=5)
@@ -157,7 +157,7 @@ def hy_key(arch):
 
 
 def test_paper_scheme_is_one_subnet_from_the_prior():
-    from hyctas_dsl.run.schemes import step_subnets
+    from hyctas_dsl.jobs.schemes import step_subnets
 
     space = _space()
     c = SupernetConfig(scheme="paper", branch_balance=False, seed=0)
@@ -171,7 +171,7 @@ def test_distillation_targets_are_detached():
     """Students learn from the teacher's soft labels; no gradient reaches the teacher's output
     through a student's loss (in-place distillation, BigNAS)."""
     from hyctas_dsl.compiler import Supernet
-    from hyctas_dsl.run.schemes import StepSubnet, step_subnets, train_step
+    from hyctas_dsl.jobs.schemes import StepSubnet, step_subnets, train_step
 
     torch.manual_seed(0)
     space = _space()
@@ -191,7 +191,7 @@ def test_distillation_targets_are_detached():
     names_small = {n for n, p in net.named_parameters() if id(p) in view_small}
     assert used_by_small and used_by_small <= names_small
     # and the soft-label loss is what the student is trained on: it moves with the teacher
-    from hyctas_dsl.run.schemes import distill_loss
+    from hyctas_dsl.jobs.schemes import distill_loss
 
     logits = torch.randn(1, 3, 4, 4, requires_grad=True)
     teacher = torch.softmax(torch.randn(1, 3, 4, 4), 1)

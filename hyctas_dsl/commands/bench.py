@@ -54,10 +54,10 @@ def register(app: typer.Typer) -> None:
         def job():
             import torch
 
-            from hyctas_dsl.run.weights import load_weights
+            from hyctas_dsl.jobs.weights import load_weights
             from hyctas_dsl.compiler import export
-            from hyctas_dsl.run.bench import bench, bench_interleaved, default_channels_last, format_rows, resolve_device
-            from hyctas_dsl.run.config import ConfigError
+            from hyctas_dsl.jobs.fps import bench, bench_interleaved, default_channels_last, format_rows, resolve_device
+            from hyctas_dsl.jobs.config import ConfigError
 
             try:
                 dev = resolve_device(device)
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
             cl = default_channels_last(dev) if channels_last is None else channels_last
             model = load_weights(weights, arch)[0] if weights else export(arch, classes=classes)
             if arch.task == "panoptic":
-                from hyctas_dsl.run.panoptic_eval import bench_panoptic, default_things
+                from hyctas_dsl.jobs.panoptic_eval import bench_panoptic, default_things
 
                 n_classes = model.head.out.out_channels
                 lats = bench_panoptic(model, size, dev, default_things(n_classes), seconds, warmup)

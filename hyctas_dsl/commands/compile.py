@@ -63,8 +63,8 @@ def register(app: typer.Typer) -> None:
             from hyctas_dsl.compiler.artifacts import write_artifact
             from hyctas_dsl.compiler.checkpoint import load_supernet
             from hyctas_dsl.compiler.report import format_report
-            from hyctas_dsl.cost import arch_cost
-            from hyctas_dsl.errors import HyctasError
+            from hyctas_dsl.model.cost import arch_cost
+            from hyctas_dsl.language.errors import HyctasError
 
             sn = None
             if supernet is not None:

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from hyctas_dsl.ast import Arch
+from hyctas_dsl.language.ast import Arch
 from hyctas_dsl.cli_support import fail_usage, load_checked, load_space, pick
 from hyctas_dsl.fileio import write_bytes_atomic
 

@@ -63,8 +63,8 @@ def register(app: typer.Typer) -> None:
             post = {"threshold": center_threshold, "top_k": top_k, **({"stuff_area": stuff_area} if stuff_area is not None else {})}
 
             def panoptic_job():
-                from hyctas_dsl.run.panoptic_eval import eval_command
-                from hyctas_dsl.run.weights import load_weights
+                from hyctas_dsl.jobs.panoptic_eval import eval_command
+                from hyctas_dsl.jobs.weights import load_weights
 
                 eval_command(arch, weights, data, images, out, samples, device, quiet, load_weights, post)
 
@@ -73,16 +73,16 @@ def register(app: typer.Typer) -> None:
 
         def job():
             from hyctas_dsl.data import make_datasets
-            from hyctas_dsl.run import dist
-            from hyctas_dsl.run.dataset_eval import evaluate, format_table, save_eval
-            from hyctas_dsl.run.weights import load_weights
+            from hyctas_dsl.jobs import dist
+            from hyctas_dsl.jobs.dataset_eval import evaluate, format_table, save_eval
+            from hyctas_dsl.jobs.weights import load_weights
 
             info = dist.init(device)
             _train, val = make_datasets(data)
             model, _n = load_weights(weights, arch, val.info.num_classes)
             model = model.to(info.device)
             n = len(val) if images is None else min(images, len(val))
-            from hyctas_dsl.run.bench import default_channels_last
+            from hyctas_dsl.jobs.fps import default_channels_last
 
             res = evaluate(model, val, list(range(n)), info.device, scale_list, flip, samples=samples if out else 0,
                            dist_info=info, progress=not quiet and info.is_main,

@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
             import torch
 
             from hyctas_dsl.compiler.artifacts import max_abs_diff, run_artifact, write_artifact
-            from hyctas_dsl.run.weights import load_weights
+            from hyctas_dsl.jobs.weights import load_weights
 
             model, classes = load_weights(weights, arch)
             line = write_artifact(path, arch, model, None, size, classes)

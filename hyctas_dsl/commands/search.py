@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from hyctas_dsl.cli_support import default_help, fail_usage, job_config, out_dir_option, run_cli_job, size_option
-from hyctas_dsl.run.config import SearchConfig
+from hyctas_dsl.jobs.config import SearchConfig
 
 SEARCH_HELP = """Search a trained supernet with NSGA-II (paper section 3.4, Algorithm 1) and write
 the Pareto front back as .hy files, with what was measured in their `meta`.
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         out_dir_option(cfg.out, "--emit-dsl")
 
         def job():
-            from hyctas_dsl.run.search import search
+            from hyctas_dsl.jobs.search import search
 
             res = search(cfg, resume=resume, progress=not quiet, supernet_cfg=sn_cfg)
             typer.echo(f"search: {res.evaluated} candidates evaluated in {res.seconds:.0f} s; "
@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
 def _supernet_table(config: Optional[str], cfg):
     """The config file's [supernet] table: how the supernet a search trains first (without
     --supernet) is configured; beside --supernet it would be ignored, so it is an error."""
-    from hyctas_dsl.run.config import ConfigError, SupernetConfig, load_config, merge
+    from hyctas_dsl.jobs.config import ConfigError, SupernetConfig, load_config, merge
 
     try:
         sn_table = load_config(config).get("supernet")

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from hyctas_dsl.cli_support import TASK_HELP, default_help, job_config, load_arch, out_dir_option, run_cli_job, size_option, with_task
-from hyctas_dsl.run.config import TrainConfig
+from hyctas_dsl.jobs.config import TrainConfig
 
 TRAIN_HELP = """Retrain an architecture from scratch (paper section 4.2 "Retrain"): SGD (momentum
 0.9, weight decay 5e-4), poly learning rate from 0.005, scheduled drop path rising to 0.2
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         arch = with_task(arch, task)
 
         def job():
-            from hyctas_dsl.run.retrain import train
+            from hyctas_dsl.jobs.retrain import train
 
             res = train(cfg, arch, resume=resume, progress=not quiet, stop_after=stop_after)
             if res.steps < cfg.steps:
@@ -84,6 +84,6 @@ def register(app: typer.Typer) -> None:
         try:
             run_cli_job(job, memory="(try a smaller --batch or --crop)")
         finally:
-            from hyctas_dsl.run import dist
+            from hyctas_dsl.jobs import dist
 
             dist.shutdown()

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from hyctas_dsl.cli_support import default_help, job_config, out_dir_option, run_cli_job, size_option
-from hyctas_dsl.run.config import SupernetConfig
+from hyctas_dsl.jobs.config import SupernetConfig
 
 SUPERNET_HELP = """Train a weight-sharing supernet: one subnet sampled per step with the branch
 prior of eq. 2, SGD (momentum 0.9, weight decay 5e-4), lr 0.02 decaying by 0.992 (the paper);
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         out_dir_option(cfg.out)
 
         def job():
-            from hyctas_dsl.run.supernet import train_supernet
+            from hyctas_dsl.jobs.supernet_training import train_supernet
 
             res = train_supernet(cfg, resume=resume, progress=not quiet)
             typer.echo(f"supernet: {res.steps} steps, final loss {res.final_loss:.3f}, {res.seconds:.0f} s -> {res.out}/supernet.safetensors")

@@ -8,7 +8,7 @@ SGD (momentum 0.9, weight decay 5e-4), lr 0.02 with exponential decay 0.992 ever
 
 - ``checkpoint.safetensors``: supernet weights, optimizer momentum and the step, in one file
   written atomically every ``checkpoint_every`` steps when every tensor is finite (the state
-  ``--resume`` continues from; see ``run/rundir.py``);
+  ``--resume`` continues from; see ``jobs/rundir.py``);
 - ``supernet.safetensors``: the supernet alone, for ``hyctas search`` (hyctas_dsl.compiler),
   written from the last checkpoint's weights when the run finishes;
 - ``config.json``: the effective config, seed, package versions and device;
@@ -33,17 +33,17 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
-from hyctas_dsl.run import dist
-from hyctas_dsl.run.common import (
+from hyctas_dsl.jobs import dist
+from hyctas_dsl.jobs.common import (
     Progress,
     make_optimizer,
     resolve_space,
     step_loader,
 )
-from hyctas_dsl.run.config import SupernetConfig
-from hyctas_dsl.run.errors import ResumeMismatch, TrainingDiverged
-from hyctas_dsl.run.rundir import CHECKPOINT, RunDir
-from hyctas_dsl.run.schemes import step_subnets, train_step
+from hyctas_dsl.jobs.config import SupernetConfig
+from hyctas_dsl.jobs.errors import ResumeMismatch, TrainingDiverged
+from hyctas_dsl.jobs.rundir import CHECKPOINT, RunDir
+from hyctas_dsl.jobs.schemes import step_subnets, train_step
 
 __all__ = ["train_supernet", "TrainingDiverged", "ResumeMismatch", "SupernetResult", "CHECKPOINT", "SUPERNET"]
 
@@ -79,7 +79,7 @@ def _train(cfg: SupernetConfig, run: RunDir, info: dist.DistInfo, resume: bool, 
     from hyctas_dsl.compiler import Supernet
     from hyctas_dsl.compiler.checkpoint import save_supernet
     from hyctas_dsl.data import make_datasets
-    from hyctas_dsl.printer import dumps
+    from hyctas_dsl.language.printer import dumps
 
     out = run.out
     space = resolve_space(cfg.space)
@@ -87,8 +87,8 @@ def _train(cfg: SupernetConfig, run: RunDir, info: dist.DistInfo, resume: bool, 
     torch.manual_seed(cfg.seed)
     panoptic = space.task == "panoptic"  # labels are panoptic id maps; sampled archs are panoptic
     if panoptic:
-        from hyctas_dsl.run.panoptic import panoptic_targets
-        from hyctas_dsl.run.panoptic_eval import make_panoptic_datasets
+        from hyctas_dsl.jobs.panoptic import panoptic_targets
+        from hyctas_dsl.jobs.panoptic_eval import make_panoptic_datasets
 
         train_set, _val = make_panoptic_datasets(cfg.data, seed=cfg.seed, crop=cfg.crop)
     else:

@@ -55,14 +55,14 @@ from pymoo.core.sampling import Sampling
 from pymoo.core.termination import NoTermination
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from hyctas_dsl.api import dumps
+from hyctas_dsl.language.api import dumps
 from hyctas_dsl.fileio import write_text_atomic
-from hyctas_dsl.ast import Arch, Space
-from hyctas_dsl.errors import Diagnostic, HyctasError
-from hyctas_dsl.genome import DEFAULT_FUSION_P, crossover, key_of, mutate, sample_population, training_memory_cached, without_memory
-from hyctas_dsl.ops import OPS
-from hyctas_dsl.parser import parse
-from hyctas_dsl.validate import check_arch
+from hyctas_dsl.language.ast import Arch, Space
+from hyctas_dsl.language.errors import Diagnostic, HyctasError
+from hyctas_dsl.search.genome import DEFAULT_FUSION_P, crossover, key_of, mutate, sample_population, training_memory_cached, without_memory
+from hyctas_dsl.language.op_table import OPS
+from hyctas_dsl.language.parser import parse
+from hyctas_dsl.language.validate import check_arch
 
 __all__ = [
     "Evaluate",
@@ -211,9 +211,9 @@ def constraint_values(arch: Arch, space: Space) -> np.ndarray:
 
 
 def analytic_cost(kind: str, input_size: tuple[int, int] = (1024, 2048), classes: int = 19) -> CostFn:
-    """A cost callback from the analytic model (hyctas_dsl.cost): ``"flops"`` (multiply-
+    """A cost callback from the analytic model (hyctas_dsl.model.cost): ``"flops"`` (multiply-
     accumulates, as the paper's Table 2-3 count FLOPs) or ``"params"``, at ``input_size``."""
-    from hyctas_dsl.cost import arch_cost
+    from hyctas_dsl.model.cost import arch_cost
 
     if kind not in ("flops", "params"):
         raise ValueError(f"analytic cost is `flops` or `params`, not `{kind}` (latency is measured)")

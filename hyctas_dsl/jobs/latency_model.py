@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from hyctas_dsl.ast import Arch
-from hyctas_dsl.run.io import write_json
+from hyctas_dsl.language.ast import Arch
+from hyctas_dsl.jobs.io import write_json
 
 __all__ = ["KINDS", "LatencyModel", "LatencyModelError", "arch_features", "device_fingerprint", "FORMAT"]
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from hyctas_dsl.run.latency import Latency, measure_latency, summarize
+from hyctas_dsl.jobs.latency import Latency, measure_latency, summarize
 
 __all__ = ["DTYPES", "prepare", "bench", "bench_interleaved", "format_rows", "default_channels_last"]
 

@@ -22,9 +22,9 @@ from torch import nn
 from hyctas_dsl.data.base import Source
 from hyctas_dsl.data.panoptic import INSTANCE_STRIDE, VOID
 from hyctas_dsl.fileio import atomic_path
-from hyctas_dsl.run.common import image_batches
-from hyctas_dsl.run.io import write_json
-from hyctas_dsl.run.panoptic import PanopticQuality, PostProcess, PQResult, as_outputs, post_process
+from hyctas_dsl.jobs.common import image_batches
+from hyctas_dsl.jobs.io import write_json
+from hyctas_dsl.jobs.panoptic import PanopticQuality, PostProcess, PQResult, as_outputs, post_process
 
 __all__ = ["PanopticEval", "make_panoptic_datasets", "evaluate_panoptic", "format_pq_table", "panoptic_grid",
            "save_panoptic_eval", "colorize_panoptic"]
@@ -227,7 +227,7 @@ def eval_command(arch, weights: str, data: str, images: Optional[int], out: Opti
     """``hyctas eval`` of a panoptic arch: the PQ table, and with ``out`` eval.json and the grid."""
     import typer
 
-    from hyctas_dsl.run import dist
+    from hyctas_dsl.jobs import dist
 
     info = dist.init(device)
     _train, val = make_panoptic_datasets(data)
@@ -276,8 +276,8 @@ class _PostOnly(nn.Module):
 def bench_panoptic(model: nn.Module, size: tuple[int, int], device, things, seconds: float = 6.0, warmup: float = 1.0,
                    params: PostProcess | None = None):
     """Latencies (network, post-processing, network + post-processing) at batch 1, each
-    measured as :func:`hyctas_dsl.run.latency.measure_latency` does, in turns."""
-    from hyctas_dsl.run.latency import measure_latency
+    measured as :func:`hyctas_dsl.jobs.latency.measure_latency` does, in turns."""
+    from hyctas_dsl.jobs.latency import measure_latency
 
     model = model.eval().to(device)
     p = params or PostProcess.for_size(*size)

@@ -14,8 +14,8 @@ import math
 import re
 from typing import Any, Mapping
 
-from hyctas_dsl.ast import Arch, Branch, Cell, Head, MemoryLimit, Module, OpCall, Space
-from hyctas_dsl.parser import LANGUAGE_VERSION
+from hyctas_dsl.language.ast import Arch, Branch, Cell, Head, MemoryLimit, Module, OpCall, Space
+from hyctas_dsl.language.parser import LANGUAGE_VERSION
 
 __all__ = ["dumps", "format_op", "format_cell", "RUN_MIN"]
 

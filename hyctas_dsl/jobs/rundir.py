@@ -39,8 +39,8 @@ from typing import Any, Iterable, Optional
 import torch
 
 from hyctas_dsl.fileio import atomic_path, is_temporary
-from hyctas_dsl.run.errors import ResumeMismatch, RunDirError, TrainingDiverged
-from hyctas_dsl.run.io import environment, write_json
+from hyctas_dsl.jobs.errors import ResumeMismatch, RunDirError, TrainingDiverged
+from hyctas_dsl.jobs.io import environment, write_json
 
 __all__ = ["RunDir", "Checkpoint", "CHECKPOINT", "LOCK", "is_finite"]
 
@@ -226,7 +226,7 @@ class RunDir:
     def _load_tensors(self, model: torch.nn.Module, optimizer) -> None:
         from safetensors import safe_open
 
-        from hyctas_dsl.run.common import load_optimizer_tensors
+        from hyctas_dsl.jobs.common import load_optimizer_tensors
 
         try:
             with safe_open(str(self.checkpoint_path), framework="pt") as f:
@@ -287,7 +287,7 @@ class RunDir:
     def save(self, model: torch.nn.Module, optimizer, step: int, cfg, loss: float, identity: dict[str, str]) -> None:
         """Write the checkpoint of ``step`` atomically, if every tensor is finite; otherwise
         keep the last good one and raise :class:`TrainingDiverged`."""
-        from hyctas_dsl.run.common import optimizer_tensors
+        from hyctas_dsl.jobs.common import optimizer_tensors
 
         state = model.state_dict()
         optim = optimizer_tensors(model, optimizer)

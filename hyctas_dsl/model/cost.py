@@ -46,9 +46,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hyctas_dsl.ast import Arch
-from hyctas_dsl.graph import HEAD, STEM, build_graph, channels, topo_cells
-from hyctas_dsl.ops import attn_bottleneck, resolved_args
+from hyctas_dsl.language.ast import Arch
+from hyctas_dsl.model.graph import HEAD, STEM, build_graph, channels, topo_cells
+from hyctas_dsl.language.op_table import attn_bottleneck, resolved_args
 
 __all__ = [
     "Cost",

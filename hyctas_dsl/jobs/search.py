@@ -1,5 +1,5 @@
 """The search driver (paper section 3.4, 4.2 and Algorithm 1): NSGA-II over the AST genome
-(hyctas_dsl.nsga), one search per branch count, each candidate scored on the supernet's
+(hyctas_dsl.search.nsga), one search per branch count, each candidate scored on the supernet's
 weights after BatchNorm recalibration, and the Pareto front written back as .hy source.
 
 Output directory:
@@ -15,8 +15,8 @@ Output directory:
 - ``state_b{n}.json``: per-search checkpoints, written every generation (``--resume``).
 
 Latency (``--latency``): ``measure`` times every candidate (batch 1, 1 thread, warm-up, timed
-runs; hyctas_dsl.run.latency). ``predict`` ranks by the latency model
-(hyctas_dsl.run.latency_model), calibrated here on random subnets of the space unless a model
+runs; hyctas_dsl.jobs.latency). ``predict`` ranks by the latency model
+(hyctas_dsl.jobs.latency_model), calibrated here on random subnets of the space unless a model
 for this device and protocol is given, and after the searches measures for real the Pareto
 members and every candidate within the model's error of the front; the written front is the
 Pareto front of those measurements.
@@ -32,11 +32,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyctas_dsl.ast import Arch
-from hyctas_dsl.run import dist
-from hyctas_dsl.run.config import SearchConfig, SupernetConfig
-from hyctas_dsl.run.errors import ConfigError
-from hyctas_dsl.run.io import environment, write_json
+from hyctas_dsl.language.ast import Arch
+from hyctas_dsl.jobs import dist
+from hyctas_dsl.jobs.config import SearchConfig, SupernetConfig
+from hyctas_dsl.jobs.errors import ConfigError
+from hyctas_dsl.jobs.io import environment, write_json
 
 __all__ = ["search", "SearchSummary"]
 
@@ -67,7 +67,7 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True, super
     OUT/supernet (a run directory of its own), configured by ``supernet_cfg`` (the config
     file's ``[supernet]`` table; its ``out``, ``data``, ``seed`` and ``device`` default to the
     search's)."""
-    from hyctas_dsl.run.rundir import RunDir
+    from hyctas_dsl.jobs.rundir import RunDir
 
     info = dist.init(cfg.device)
     with RunDir(cfg.out, "search", "hyctas-search-1", main=info.is_main, option="--emit-dsl"):
@@ -77,12 +77,12 @@ def search(cfg: SearchConfig, resume: bool = False, progress: bool = True, super
 def _search(cfg: SearchConfig, resume: bool, progress: bool, supernet_cfg: SupernetConfig | None) -> SearchSummary:
     from hyctas_dsl.compiler import export
     from hyctas_dsl.compiler.checkpoint import load_supernet
-    from hyctas_dsl.cost import arch_cost
+    from hyctas_dsl.model.cost import arch_cost
     from hyctas_dsl.data import make_datasets
-    from hyctas_dsl.nsga import NSGAConfig, run_search
-    from hyctas_dsl.run.emit import OBJECTIVES
-    from hyctas_dsl.run.candidate_eval import CandidateEvaluator
-    from hyctas_dsl.run.latency import measure_latency
+    from hyctas_dsl.search.nsga import NSGAConfig, run_search
+    from hyctas_dsl.jobs.emit import OBJECTIVES
+    from hyctas_dsl.jobs.candidate_eval import CandidateEvaluator
+    from hyctas_dsl.jobs.latency import measure_latency
 
     t_start = time.perf_counter()
     info = dist.init(cfg.device)
@@ -93,7 +93,7 @@ def _search(cfg: SearchConfig, resume: bool, progress: bool, supernet_cfg: Super
     t_train = 0.0
     sn_dir = Path(cfg.supernet) if cfg.supernet else out / "supernet"
     if cfg.supernet is None:
-        from hyctas_dsl.run.supernet import train_supernet
+        from hyctas_dsl.jobs.supernet_training import train_supernet
 
         given = (supernet_cfg or SupernetConfig()).model_dump(exclude_unset=True)
         sn_cfg = SupernetConfig(**{"out": str(sn_dir), "data": cfg.data, "seed": cfg.seed, "device": cfg.device, **given})
@@ -109,7 +109,7 @@ def _search(cfg: SearchConfig, resume: bool, progress: bool, supernet_cfg: Super
         raise FileNotFoundError(f"{sn_dir}: no supernet.safetensors (train one with `hyctas train-supernet --out {sn_dir}`)")
 
     if cfg.metric == "pq":  # PQ as the accuracy objective: panoptic labels and supernet
-        from hyctas_dsl.run.panoptic_eval import make_panoptic_datasets
+        from hyctas_dsl.jobs.panoptic_eval import make_panoptic_datasets
 
         train_set, val_set = make_panoptic_datasets(cfg.data, seed=cfg.seed)
     else:
@@ -146,7 +146,7 @@ def _search(cfg: SearchConfig, resume: bool, progress: bool, supernet_cfg: Super
 
     def cost(archs: list[Arch]) -> list[float]:
         nonlocal t_latency
-        from hyctas_dsl.api import canonical_key
+        from hyctas_dsl.language.api import canonical_key
 
         if cfg.objective == "latency":
             t0 = time.perf_counter()
@@ -240,7 +240,7 @@ def _write_outputs(cfg: SearchConfig, info: dist.DistInfo, records: list[dict], 
                    supernet, sn_file: Path, predictor, lat_split: dict, timings: dict, n_evaluated: int,
                    say) -> tuple[list[Path], float | None]:
     """The front as .hy files, candidates.csv, pareto.png and summary.json (rank 0)."""
-    from hyctas_dsl.run.emit import plot_pareto, write_candidates, write_front
+    from hyctas_dsl.jobs.emit import plot_pareto, write_candidates, write_front
 
     out = Path(cfg.out)
     files = write_front(out, members, {"search_seed": cfg.seed, "objective": cfg.objective,
@@ -295,9 +295,9 @@ def _latency_model(cfg: SearchConfig, info: dist.DistInfo, space, classes: int, 
     calibrated on random subnets of the space (their measurements split across ranks)."""
     import numpy as np
 
-    from hyctas_dsl.api import canonical_key
-    from hyctas_dsl.genome import sample_population
-    from hyctas_dsl.run.latency_model import LatencyModel, LatencyModelError, arch_features, device_fingerprint
+    from hyctas_dsl.language.api import canonical_key
+    from hyctas_dsl.search.genome import sample_population
+    from hyctas_dsl.jobs.latency_model import LatencyModel, LatencyModelError, arch_features, device_fingerprint
 
     device = device_fingerprint(str(info.device))
     # The model predicts the fastest timed run: on a shared machine the median also measures
@@ -337,7 +337,7 @@ def _measure_near_front(res, predictor, info: dist.DistInfo, measure, say):
     import dataclasses
     import math
 
-    from hyctas_dsl.nsga import pareto_front
+    from hyctas_dsl.search.nsga import pareto_front
 
     e = predictor.error_p90 if math.isfinite(predictor.error_p90) else 0.1
     front = res.front

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from hyctas_dsl.run.errors import ConfigError
+from hyctas_dsl.jobs.errors import ConfigError
 
 __all__ = ["weights_path", "load_weights"]
 
@@ -30,7 +30,7 @@ def load_weights(weights: str, arch, classes: Optional[int] = None):
     """The network of ``arch`` with the weights of ``weights``; a file written for another
     arch or class count, or holding NaN or infinite values, is a one-line error (exit 2),
     never a shape traceback or a meaningless score."""
-    from hyctas_dsl.api import canonical_key
+    from hyctas_dsl.language.api import canonical_key
     from hyctas_dsl.compiler.checkpoint import load_model, load_model_arch
 
     path = weights_path(weights)
@@ -41,7 +41,7 @@ def load_weights(weights: str, arch, classes: Optional[int] = None):
     if classes is not None and classes != n:
         raise ConfigError(f"{weights}: the model predicts {n} classes, but the data has {classes}")
     model = load_model(path).eval()
-    from hyctas_dsl.run.rundir import is_finite
+    from hyctas_dsl.jobs.rundir import is_finite
 
     bad = [k for k, v in model.state_dict().items() if not is_finite(v)]
     if bad:

@@ -1,7 +1,7 @@
 """Pieces that supernet training, search and retraining share: resolving a space, the
 step-indexed batch order that makes ``--resume`` exact, the loss, the optimizer and its
 checkpointed state, and the progress meter. The run directory around the loops (lock,
-checkpoints, resume, records) is :mod:`hyctas_dsl.run.rundir`."""
+checkpoints, resume, records) is :mod:`hyctas_dsl.jobs.rundir`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from hyctas_dsl.ast import Space
-from hyctas_dsl.errors import HyctasError
+from hyctas_dsl.language.ast import Space
+from hyctas_dsl.language.errors import HyctasError
 
 __all__ = ["resolve_space", "StepBatches", "StepDataset", "step_loader", "seg_loss", "IGNORE",
            "make_optimizer", "optimizer_tensors", "load_optimizer_tensors", "Progress", "image_batches"]
@@ -24,10 +24,10 @@ IGNORE = 255
 
 def resolve_space(spec: str) -> Space:
     """A space file, or the name of one shipped in archs/ (``digits``, ``paper``)."""
-    from hyctas_dsl.api import read_text
-    from hyctas_dsl.parser import parse
-    from hyctas_dsl.spaces import zoo_files, zoo_path
-    from hyctas_dsl.validate import check_space
+    from hyctas_dsl.language.api import read_text
+    from hyctas_dsl.language.parser import parse
+    from hyctas_dsl.language.spaces import zoo_files, zoo_path
+    from hyctas_dsl.language.validate import check_space
 
     path = Path(spec)
     if path.is_file():

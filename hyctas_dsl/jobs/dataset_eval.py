@@ -5,7 +5,7 @@ reports neither unless stated); the confusion matrix; a picture grid of image / 
 
 Multi-scale and flip average the softmax probabilities of every (scale, flip) pass after
 resizing them back to the image's size. (Scoring search candidates on the supernet is
-:mod:`hyctas_dsl.run.candidate_eval`; both batch images with ``common.image_batches``.)
+:mod:`hyctas_dsl.jobs.candidate_eval`; both batch images with ``common.image_batches``.)
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyctas_dsl.fileio import atomic_path, write_text_atomic
-from hyctas_dsl.run.common import image_batches
-from hyctas_dsl.run.io import write_json
+from hyctas_dsl.jobs.common import image_batches
+from hyctas_dsl.jobs.io import write_json
 
 __all__ = ["EvalResult", "evaluate", "predict", "picture_grid", "write_confusion", "format_table"]
 

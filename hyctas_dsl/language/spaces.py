@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib.resources import files
 
-from hyctas_dsl.ast import Space
+from hyctas_dsl.language.ast import Space
 
 __all__ = ["paper_space", "zoo_path", "zoo_files"]
 
@@ -22,7 +22,7 @@ def zoo_files() -> list[str]:
 @lru_cache(maxsize=1)
 def paper_space() -> Space:
     """The paper's search space (archs/paper_space.hy): section 3.2-3.4, 4.2."""
-    from hyctas_dsl.parser import parse
+    from hyctas_dsl.language.parser import parse
 
     module = parse(zoo_path("paper_space.hy").read_text(encoding="utf-8"), "paper_space.hy")
     return module.spaces[0]

@@ -6,14 +6,14 @@ import os
 from pathlib import Path
 from typing import IO, Union
 
-from hyctas_dsl.ast import Arch, Cell, Module, OpCall, Space, Span
-from hyctas_dsl.errors import Diagnostic, HyctasError
+from hyctas_dsl.language.ast import Arch, Cell, Module, OpCall, Space, Span
+from hyctas_dsl.language.errors import Diagnostic, HyctasError
 from hyctas_dsl.fileio import write_text_atomic
-from hyctas_dsl.ops import OPS
-from hyctas_dsl.parser import parse
-from hyctas_dsl.printer import dumps as _dumps
-from hyctas_dsl.printer import format_op
-from hyctas_dsl.validate import check_module
+from hyctas_dsl.language.op_table import OPS
+from hyctas_dsl.language.parser import parse
+from hyctas_dsl.language.printer import dumps as _dumps
+from hyctas_dsl.language.printer import format_op
+from hyctas_dsl.language.validate import check_module
 
 __all__ = ["read_text", "loads", "load", "dumps", "dump", "check", "validate", "canonical_key"]
 

@@ -28,7 +28,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hyctas_dsl.run.errors import ConfigError
+from hyctas_dsl.jobs.errors import ConfigError
 
 __all__ = ["SupernetConfig", "SearchConfig", "TrainConfig", "ConfigError", "load_config", "merge", "TABLES"]
 

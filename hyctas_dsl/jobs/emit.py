@@ -8,8 +8,8 @@ import io
 from pathlib import Path
 from typing import Sequence
 
-from hyctas_dsl.ast import Arch, MetaEntry, Module, Space
-from hyctas_dsl.printer import dumps
+from hyctas_dsl.language.ast import Arch, MetaEntry, Module, Space
+from hyctas_dsl.language.printer import dumps
 from hyctas_dsl.fileio import atomic_path, write_text_atomic
 
 __all__ = ["OBJECTIVES", "with_meta", "write_front", "write_candidates", "plot_pareto", "pareto_mask"]

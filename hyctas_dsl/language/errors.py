@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from hyctas_dsl.ast import Span
+from hyctas_dsl.language.ast import Span
 
 __all__ = ["Diagnostic", "HyctasError", "render"]
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hyctas_dsl.ast import Arch, Space
-from hyctas_dsl.run.common import IGNORE, seg_loss
+from hyctas_dsl.language.ast import Arch, Space
+from hyctas_dsl.jobs.common import IGNORE, seg_loss
 
 __all__ = ["StepSubnet", "step_subnets", "train_step", "distill_loss"]
 
@@ -39,7 +39,7 @@ class StepSubnet(NamedTuple):
 
 def step_subnets(space: Space, cfg, step: int) -> list[StepSubnet]:
     """The subnets step ``step`` trains, in training order (the teacher first)."""
-    from hyctas_dsl.genome import sample_arch, sample_extreme
+    from hyctas_dsl.search.genome import sample_arch, sample_extreme
 
     rng = np.random.default_rng([cfg.seed, step])
     if cfg.scheme == "paper":
@@ -76,7 +76,7 @@ def train_step(supernet, subnets: list[StepSubnet], x: torch.Tensor, y: torch.Te
     for sub in subnets:
         out = supernet.subnet(sub.arch)(x)
         if targets is not None:  # panoptic: + Panoptic-DeepLab's instance losses (local means, summed over ranks)
-            from hyctas_dsl.run.panoptic import instance_loss
+            from hyctas_dsl.jobs.panoptic import instance_loss
 
             logits, center, offset = out
             loss = seg_loss(logits, y, labelled) + instance_loss(center, offset, targets) / world

@@ -1,6 +1,6 @@
 """The search genome: sampling, mutation, crossover and de-duplication on the AST itself.
 
-An individual of the search *is* an :class:`hyctas_dsl.ast.Arch` (DESIGN.md: no integer
+An individual of the search *is* an :class:`hyctas_dsl.language.ast.Arch` (DESIGN.md: no integer
 arrays, no one-hot vectors). Every function here returns an architecture that passes
 ``check_arch(arch, space) == []``, including constraint 4 (memory, HY104): operators repair
 what they can by construction and resample (a bounded number of times) what they cannot.
@@ -59,11 +59,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from hyctas_dsl.api import canonical_key
-from hyctas_dsl.ast import Arch, Branch, Cell, Fusion, Head, OpCall, Space
-from hyctas_dsl.errors import Diagnostic, HyctasError
-from hyctas_dsl.ops import OPS
-from hyctas_dsl.validate import check_arch
+from hyctas_dsl.language.api import canonical_key
+from hyctas_dsl.language.ast import Arch, Branch, Cell, Fusion, Head, OpCall, Space
+from hyctas_dsl.language.errors import Diagnostic, HyctasError
+from hyctas_dsl.language.op_table import OPS
+from hyctas_dsl.language.validate import check_arch
 
 __all__ = [
     "DEFAULT_FUSION_P",
@@ -162,10 +162,10 @@ _MEMORY: dict[tuple, int] = {}  # (canonical key, batch, crop) -> estimated byte
 
 
 def training_memory_cached(arch: Arch, space: Space) -> int:
-    """Constraint 4's estimate (hyctas_dsl.cost.training_memory) at the space's batch and crop,
+    """Constraint 4's estimate (hyctas_dsl.model.cost.training_memory) at the space's batch and crop,
     memoised by canonical key: the search asks for it again for the same architecture (the
     operator's check, then the constraint value handed to pymoo)."""
-    from hyctas_dsl.cost import training_memory
+    from hyctas_dsl.model.cost import training_memory
 
     assert space.memory is not None
     k = (key_of(arch), space.memory.batch, space.memory.crop)

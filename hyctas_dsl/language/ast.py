@@ -219,7 +219,7 @@ Decl = Union[Space, Arch]
 class Module(Node):
     """A whole source file: a version header and any number of spaces and architectures.
 
-    ``comments`` maps an anchor (see ``hyctas_dsl.parser``) to the comments written before
+    ``comments`` maps an anchor (see ``hyctas_dsl.language.parser``) to the comments written before
     and beside that line, so that ``fmt`` can put them back; it is not part of equality.
     """
 

@@ -31,9 +31,9 @@ import difflib
 import math
 from typing import Iterable
 
-from hyctas_dsl.ast import Arch, Module, Space, Span
-from hyctas_dsl.errors import Diagnostic
-from hyctas_dsl.ops import OPS
+from hyctas_dsl.language.ast import Arch, Module, Space, Span
+from hyctas_dsl.language.errors import Diagnostic
+from hyctas_dsl.language.op_table import OPS
 
 __all__ = ["check_arch", "check_space", "check_module", "RULES", "TASKS"]
 
@@ -237,7 +237,7 @@ def check_arch(arch: Arch, space: Space) -> list[Diagnostic]:
     # Constraint 4: memory of a training step within the hardware limit. Only meaningful
     # (and only computable) when the structure is sound.
     if not out and space.memory is not None:
-        from hyctas_dsl.cost import training_memory
+        from hyctas_dsl.model.cost import training_memory
 
         mem = training_memory(arch, space.memory.batch, space.memory.crop)
         if mem > space.memory.bytes:
@@ -290,7 +290,7 @@ def check_module(module: Module, space: Space | None = None) -> list[Diagnostic]
         if len(module.spaces) == 1:
             space = module.spaces[0]
         elif module.archs:
-            from hyctas_dsl.spaces import paper_space
+            from hyctas_dsl.language.spaces import paper_space
 
             space = paper_space()
     for a in module.archs:

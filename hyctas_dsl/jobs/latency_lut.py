@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hyctas_dsl.run.io import write_json
+from hyctas_dsl.jobs.io import write_json
 
 __all__ = ["LatencyLUT"]
 

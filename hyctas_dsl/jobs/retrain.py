@@ -42,14 +42,14 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
-from hyctas_dsl.ast import Arch
-from hyctas_dsl.run import dist
-from hyctas_dsl.run.common import IGNORE, Progress, make_optimizer, step_loader
-from hyctas_dsl.run.config import TrainConfig
-from hyctas_dsl.run.errors import JobError
+from hyctas_dsl.language.ast import Arch
+from hyctas_dsl.jobs import dist
+from hyctas_dsl.jobs.common import IGNORE, Progress, make_optimizer, step_loader
+from hyctas_dsl.jobs.config import TrainConfig
+from hyctas_dsl.jobs.errors import JobError
 from hyctas_dsl.fileio import atomic_path
-from hyctas_dsl.run.rundir import CHECKPOINT, RunDir
-from hyctas_dsl.run.supernet import default_workers
+from hyctas_dsl.jobs.rundir import CHECKPOINT, RunDir
+from hyctas_dsl.jobs.supernet_training import default_workers
 
 __all__ = ["TrainConfig", "TrainResult", "RetrainNet", "GlobalBatchNorm2d", "train", "poly_lr",
            "drop_path_at", "ohem_loss", "plot_curve", "CHECKPOINT", "MODEL"]
@@ -208,7 +208,7 @@ def _train(cfg: TrainConfig, arch: Arch, run: RunDir, info: dist.DistInfo, resum
     from hyctas_dsl.compiler import export, set_drop_path
     from hyctas_dsl.compiler.checkpoint import save_model
     from hyctas_dsl.data import make_datasets
-    from hyctas_dsl.printer import dumps
+    from hyctas_dsl.language.printer import dumps
 
     if cfg.amp == "bf16" and info.device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise JobError("--amp bf16: this GPU does not support bfloat16")
@@ -218,8 +218,8 @@ def _train(cfg: TrainConfig, arch: Arch, run: RunDir, info: dist.DistInfo, resum
     torch.manual_seed(cfg.seed)
     panoptic = arch.task == "panoptic"
     if panoptic:  # labels are panoptic id maps; the semantic label is their low byte
-        from hyctas_dsl.run.panoptic import instance_loss, panoptic_targets
-        from hyctas_dsl.run.panoptic_eval import make_panoptic_datasets
+        from hyctas_dsl.jobs.panoptic import instance_loss, panoptic_targets
+        from hyctas_dsl.jobs.panoptic_eval import make_panoptic_datasets
 
         train_set, val_set = make_panoptic_datasets(cfg.data, seed=cfg.seed, crop=cfg.crop)
     else:
@@ -313,7 +313,7 @@ def _train(cfg: TrainConfig, arch: Arch, run: RunDir, info: dist.DistInfo, resum
         if info.is_main:
             save_model(net, arch, out / MODEL, classes)
         if panoptic:
-            from hyctas_dsl.run.panoptic_eval import final_eval_panoptic
+            from hyctas_dsl.jobs.panoptic_eval import final_eval_panoptic
 
             miou, pq = final_eval_panoptic(cfg, net, val_set, info, out, done)
             dist.barrier(info)
@@ -327,7 +327,7 @@ def _final_eval(cfg: TrainConfig, net: nn.Module, val_set, info, out: Path, step
     """Single-scale validation mIoU of the finished network, split over ranks."""
     if cfg.eval_images == 0:
         return None
-    from hyctas_dsl.run.dataset_eval import evaluate
+    from hyctas_dsl.jobs.dataset_eval import evaluate
 
     n = min(cfg.eval_images, len(val_set))
     res = evaluate(net, val_set, indices=list(range(n)), device=info.device, dist_info=info)

@@ -27,7 +27,7 @@ from typing import Any
 
 import networkx as nx
 
-from hyctas_dsl.ast import Arch
+from hyctas_dsl.language.ast import Arch
 
 __all__ = ["channels", "build_graph", "topo_cells", "STEM", "HEAD"]
 

@@ -3,7 +3,7 @@ recompute BatchNorm statistics on a fixed random subset of training images, then
 mIoU on the validation split (PQ when the search's metric is PQ), with the bootstrap sd of
 the mIoU; MACs and params come from the analytic model. (Latency is the
 search's cost objective, measured in ``search.py`` before this expensive step runs.) Evaluating trained weights on a
-data set is :mod:`hyctas_dsl.run.dataset_eval`."""
+data set is :mod:`hyctas_dsl.jobs.dataset_eval`."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from hyctas_dsl.api import canonical_key
-from hyctas_dsl.ast import Arch
-from hyctas_dsl.cost import arch_cost
+from hyctas_dsl.language.api import canonical_key
+from hyctas_dsl.language.ast import Arch
+from hyctas_dsl.model.cost import arch_cost
 from hyctas_dsl.data.metrics import bootstrap_miou_sd
-from hyctas_dsl.run.common import image_batches
+from hyctas_dsl.jobs.common import image_batches
 
 __all__ = ["CandidateEvaluator", "recalibrate_bn", "evaluate_miou", "per_image_confusion", "Timings"]
 
@@ -128,7 +128,7 @@ class CandidateEvaluator:
         extra = {}
         miou_sd = None
         if self.metric == "pq":
-            from hyctas_dsl.run.panoptic_eval import evaluate_pq_batches
+            from hyctas_dsl.jobs.panoptic_eval import evaluate_pq_batches
 
             # PQ is the accuracy objective (the search calls it `miou` throughout)
             pq, extra["semantic_miou"] = evaluate_pq_batches(view, self.val_batches, self.classes, self.things)

@@ -2,7 +2,7 @@
 
 The parser does only what the text alone decides: syntax, literals (whole numbers, widths),
 layer numbering, duplicate or missing statements. Whether an architecture fits a search
-space is the validator's job (``hyctas_dsl.validate``).
+space is the validator's job (``hyctas_dsl.language.validate``).
 
 Comments are collected with their lines and attached to *anchors* (the statement on the
 same line, else the next statement), so that ``fmt`` can write them back in place.
@@ -20,7 +20,7 @@ from typing import Any
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
-from hyctas_dsl.ast import (
+from hyctas_dsl.language.ast import (
     Arch,
     Branch,
     Cell,
@@ -33,7 +33,7 @@ from hyctas_dsl.ast import (
     Space,
     Span,
 )
-from hyctas_dsl.errors import Diagnostic, HyctasError
+from hyctas_dsl.language.errors import Diagnostic, HyctasError
 
 __all__ = ["parse", "LANGUAGE_VERSION"]
 

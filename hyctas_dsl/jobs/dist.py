@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from hyctas_dsl.run.errors import JobError
+from hyctas_dsl.jobs.errors import JobError
 
 __all__ = ["DistInfo", "init", "shutdown", "all_gather_objects", "barrier", "split"]
 
