@@ -189,21 +189,28 @@ def _cityscapes_info() -> DatasetInfo:
     return DatasetInfo("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, crop=(512, 1024), scale_range=(0.5, 2.0))
 
 
-def open_cityscapes(root: str | Path, split: str) -> FileSource:
-    """Cityscapes gtFine; ``split`` is train, val or test."""
-    root = Path(root)
+def cityscapes_pairs(root: Path, split: str, gt_kind: str, what: str) -> list[tuple[Path, Path]]:
+    """(leftImg8bit image, gtFine ``*_gtFine_{gt_kind}.png``) of every image of ``split``;
+    an image without its ground-truth file is an error naming both."""
     _require_dir(root, "Cityscapes root")
     img_dir = _require_dir(root / "leftImg8bit" / split, f"Cityscapes split {split!r}")
     gt_dir = root / "gtFine" / split
     pairs = []
     for img in sorted(img_dir.glob("*/*_leftImg8bit.png")):
         stem = img.name[: -len("_leftImg8bit.png")]
-        mask = gt_dir / img.parent.name / f"{stem}_gtFine_labelIds.png"
-        if not mask.is_file():
-            raise DataError(f"image has no label file {mask}", img)
-        pairs.append((img, mask))
+        gt = gt_dir / img.parent.name / f"{stem}_gtFine_{gt_kind}.png"
+        if not gt.is_file():
+            raise DataError(f"image has no {what} file {gt}", img)
+        pairs.append((img, gt))
     if not pairs:
         raise _no_pairs(root, img_dir)
+    return pairs
+
+
+def open_cityscapes(root: str | Path, split: str) -> FileSource:
+    """Cityscapes gtFine; ``split`` is train, val or test."""
+    root = Path(root)
+    pairs = cityscapes_pairs(root, split, "labelIds", "label")
     lut = np.full(65536, 255, np.int32)  # every id outside the 19 classes is ignored
     for label_id, train_id in CITYSCAPES_ID_TO_TRAINID.items():
         lut[label_id] = train_id

@@ -49,6 +49,7 @@ from hyctas_dsl.data.formats import (
     CITYSCAPES_PALETTE,
     _open,
     _require_dir,
+    cityscapes_pairs,
     read_image,
     read_mask,
 )
@@ -177,19 +178,7 @@ class _CityscapesPanoptic(PanopticSource):
 
 def open_cityscapes_panoptic(root: str | Path, split: str) -> PanopticSource:
     """Cityscapes panoptic from gtFine ``*_instanceIds.png``; ``split`` is train or val."""
-    root = Path(root)
-    _require_dir(root, "Cityscapes root")
-    img_dir = _require_dir(root / "leftImg8bit" / split, f"Cityscapes split {split!r}")
-    gt_dir = root / "gtFine" / split
-    pairs = []
-    for img in sorted(img_dir.glob("*/*_leftImg8bit.png")):
-        stem = img.name[: -len("_leftImg8bit.png")]
-        ids = gt_dir / img.parent.name / f"{stem}_gtFine_instanceIds.png"
-        if not ids.is_file():
-            raise DataError(f"image has no instance file {ids}", img)
-        pairs.append((img, ids))
-    if not pairs:
-        raise DataError(f"no images found under {img_dir}", root)
+    pairs = cityscapes_pairs(Path(root), split, "instanceIds", "instance")
     info = DatasetInfo("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, crop=(512, 1024), scale_range=(0.5, 2.0))
     return _CityscapesPanoptic(pairs, info, split)
 

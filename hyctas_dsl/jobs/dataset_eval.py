@@ -112,8 +112,10 @@ def evaluate(model: nn.Module, dataset, indices: Optional[list[int]] = None, dev
                       "channels-last" if channels_last else "contiguous")
 
 
-def picture_grid(samples: list, info, path: str | Path, title: str = "") -> None:
-    """Rows of image / ground truth / prediction in the data set's palette (Figure 5), PNG."""
+def picture_grid(samples: list, info, path: str | Path, title: str = "", colorize=None) -> None:
+    """Rows of image / ground truth / prediction (Figure 5), PNG. ``colorize(label map)``
+    turns a map into RGB: the data set's palette by default (panoptic evaluation passes one
+    that colours instances apart)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,11 +123,12 @@ def picture_grid(samples: list, info, path: str | Path, title: str = "") -> None
 
     from hyctas_dsl.data import denormalize
 
+    colorize = colorize or info.colorize
     n = max(len(samples), 1)
     fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n + 0.4), dpi=100, squeeze=False)
     for r, (img, lab, pred) in enumerate(samples):
         rgb = denormalize(img, info.mean, info.std)
-        for c, (pic, name) in enumerate(((rgb, "image"), (info.colorize(lab), "ground truth"), (info.colorize(pred), "prediction"))):
+        for c, (pic, name) in enumerate(((rgb, "image"), (colorize(lab), "ground truth"), (colorize(pred), "prediction"))):
             ax = axes[r][c]
             ax.imshow(pic, interpolation="nearest")
             ax.set_xticks([])

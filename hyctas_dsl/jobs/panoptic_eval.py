@@ -170,31 +170,9 @@ def colorize_panoptic(pan: np.ndarray, info) -> np.ndarray:
 
 def panoptic_grid(samples: list, info, path: str | Path, title: str = "") -> None:
     """Rows of image / ground truth / prediction, instances coloured apart, as a PNG."""
-    import matplotlib
+    from hyctas_dsl.jobs.dataset_eval import picture_grid
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from hyctas_dsl.data import denormalize
-
-    n = max(len(samples), 1)
-    fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n + 0.4), dpi=100, squeeze=False)
-    for r, (img, gt, pred) in enumerate(samples):
-        pics = ((denormalize(img, info.mean, info.std), "image"), (colorize_panoptic(gt, info), "ground truth"),
-                (colorize_panoptic(pred, info), "prediction"))
-        for c, (pic, name) in enumerate(pics):
-            ax = axes[r][c]
-            ax.imshow(pic, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    picture_grid(samples, info, path, title, colorize=lambda pan: colorize_panoptic(pan, info))
 
 
 def save_panoptic_eval(res: PanopticEval, info, out: str | Path, title: str) -> dict:
