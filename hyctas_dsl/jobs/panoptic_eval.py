@@ -21,7 +21,6 @@ from torch import nn
 
 from hyctas_dsl.data.base import Source
 from hyctas_dsl.data.panoptic import INSTANCE_STRIDE, VOID
-from hyctas_dsl.fileio import atomic_path
 from hyctas_dsl.jobs.common import image_batches
 from hyctas_dsl.jobs.io import write_json
 from hyctas_dsl.jobs.panoptic import PanopticQuality, PostProcess, PQResult, as_outputs, post_process
