@@ -11,7 +11,10 @@ from hyctas_dsl.jobs.config import SupernetConfig
 
 SUPERNET_HELP = """Train a weight-sharing supernet: one subnet sampled per step with the branch
 prior of eq. 2, SGD (momentum 0.9, weight decay 5e-4), lr 0.02 decaying by 0.992 (the paper);
-on the embedded digits the default is AdamW at lr 0.003, which learns in a CPU demo's minutes.
+on the embedded digits the default is AdamW at lr 0.003 with the branch counts in turn, which
+learns in a CPU demo's minutes. Every head shares one classifier (--per-head-classifier for
+one each); --scheme sandwich trains the largest, the smallest and random subnets each step
+(BigNAS), --distill teaching the small ones with the largest one's predictions.
 
 \b
   hyctas train-supernet                          # the embedded digits demo (a few minutes)
