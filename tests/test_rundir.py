@@ -22,22 +22,10 @@ from hyctas_dsl.jobs.errors import ResumeMismatch, RunDirError, TrainingDiverged
 from hyctas_dsl.jobs.rundir import RunDir
 from hyctas_dsl.jobs.supernet_training import train_supernet
 from tests.conftest import IN_CI, ROOT
+from tests.test_supernet_train import TINY_SPACE
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
-TINY_SPACE = """hyctas 1
-space tiny {
-  filters 2
-  layers 3
-  strides 8 16
-  ops skip conv zconv zconv2 attn
-  widths 6 12
-  branch_prior 0.4 0.6
-  heads (8) (16) (8, 16)
-  output_strides 8 4
-  memory 1 GiB batch 4 crop 32x32
-}
-"""
 DATA = "digits:size=32,train=24,val=8"
 
 
