@@ -22,7 +22,7 @@ from hyctas_dsl.jobs.errors import ResumeMismatch, RunDirError, TrainingDiverged
 from hyctas_dsl.jobs.rundir import RunDir
 from hyctas_dsl.jobs.supernet_training import train_supernet
 from tests.conftest import IN_CI, ROOT
-from tests.test_supernet_train import TINY_SPACE
+from tests.test_supernet_train import TINY_SPACE, space_file  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
@@ -35,13 +35,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture()
-def space_file(tmp_path):
-    p = tmp_path / "tiny.hy"
-    p.write_text(TINY_SPACE)
-    return str(p)
 
 
 def cfg(space_file, out, **kw):

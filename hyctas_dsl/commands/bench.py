@@ -56,13 +56,10 @@ def register(app: typer.Typer) -> None:
 
             from hyctas_dsl.jobs.weights import load_weights
             from hyctas_dsl.compiler import export
-            from hyctas_dsl.jobs.fps import bench, bench_interleaved, default_channels_last, format_rows, resolve_device
-            from hyctas_dsl.jobs.config import ConfigError
+            from hyctas_dsl.jobs.dist import resolve_device
+            from hyctas_dsl.jobs.fps import bench, bench_interleaved, default_channels_last, format_rows
 
-            try:
-                dev = resolve_device(device)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
+            dev = resolve_device(device)
             torch.manual_seed(0)
             cl = default_channels_last(dev) if channels_last is None else channels_last
             model = load_weights(weights, arch)[0] if weights else export(arch, classes=classes)

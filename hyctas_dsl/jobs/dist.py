@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from hyctas_dsl.jobs.errors import JobError
 
-__all__ = ["DistInfo", "init", "shutdown", "all_gather_objects", "barrier", "split"]
+__all__ = ["DistInfo", "init", "resolve_device", "shutdown", "all_gather_objects", "barrier", "split"]
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,9 @@ class DistInfo:
         return self.world > 1
 
 
-def init(device: str = "auto") -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+def resolve_device(device: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda[:N]`` or ``mps`` as a device this machine has; anything else
+    is a one-line JobError naming the option."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -45,11 +43,20 @@ def init(device: str = "auto") -> DistInfo:
     except RuntimeError:
         raise JobError(f"--device {device}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise JobError(f"--device {device}: this machine has no CUDA device (torch {torch.__version__}); use --device cpu")
+        raise JobError(f"--device {device}: torch {torch.__version__} finds no CUDA GPU on this machine; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise JobError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise JobError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    return dev
+
+
+def init(device: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)

@@ -29,21 +29,6 @@ def default_channels_last(device) -> bool:
     return torch.device(device).type == "cpu"
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto``, ``cpu`` or ``cuda[:i]``; a device this machine lacks is a ValueError."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device must be cpu, cuda or auto, not {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: torch finds no CUDA GPU on this machine")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu, cuda or auto, not {name!r}")
-    return dev
-
-
 def prepare(model: nn.Module, compile: bool) -> tuple[nn.Module, str]:
     """The model to time and its backend name (torch.compile compiles on the first call,
     which ``measure_latency`` makes before its warm-up clock starts)."""
