@@ -1,6 +1,8 @@
 """Does the search find architectures better than chance? Measured as the paper does (HyCTAS,
-Table 1 and Table 7), with the noise of every number beside it. Run on purpose, not in CI
-(about 30-40 minutes on a 2-core CPU after `make demo`).
+Table 1 and Table 7), with the noise of every number beside it. Run on purpose, not in CI:
+about 50 minutes of from-scratch training on a 2-core CPU after `make demo` the first time;
+every from-scratch result is kept in ``--cache``, so a rerun against another supernet or
+search trains only the searched archs it has not seen (a few minutes).
 
 1. Every branch count learns: the supernet's mIoU (after BatchNorm recalibration) of subnets
    sampled per branch count, against the background floor (predicting background on every
@@ -21,6 +23,7 @@ From-scratch trainings run ``--jobs`` at a time, one CPU thread each.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import statistics
@@ -36,15 +39,28 @@ import torch
 
 
 def scratch_miou(job: tuple) -> float:
-    """Train one arch (given as source text) from scratch; mIoU on the first val images."""
-    text, data, out, steps, optimizer, lr, seed, val_images = job
+    """Train one arch (given as source text) from scratch; mIoU on the first val images.
+
+    Results are kept in ``cache`` (one JSON file per run, keyed by everything that decides
+    the result), so a rerun against another supernet trains only what it has not seen."""
+    text, data, out, steps, optimizer, lr, seed, val_images, cache = job
+    key = hashlib.sha256(json.dumps([text, data, steps, optimizer, lr, seed, val_images, torch.__version__]).encode()).hexdigest()[:24]
+    hit = Path(cache) / f"{key}.json" if cache else None
+    if hit is not None and hit.exists():
+        return float(json.loads(hit.read_text())["miou"])
     torch.set_num_threads(1)
     import hyctas_dsl as hy
+    from hyctas_dsl.jobs.io import write_json
     from hyctas_dsl.jobs.retrain import TrainConfig, train
 
     arch = hy.loads(text, check_rules=False).archs[0]
     cfg = TrainConfig(data=data, out=out, steps=steps, optimizer=optimizer, lr=lr, seed=seed, eval_images=val_images)
-    return float(train(cfg, arch, progress=False).miou)
+    miou = float(train(cfg, arch, progress=False).miou)
+    if hit is not None:
+        hit.parent.mkdir(parents=True, exist_ok=True)
+        write_json(hit, {"miou": miou, "arch": text, "data": data, "steps": steps, "optimizer": optimizer, "lr": lr,
+                         "seed": seed, "val_images": val_images, "torch": torch.__version__})
+    return miou
 
 
 def fmt(m: float, sd: float | None = None) -> str:
@@ -64,7 +80,8 @@ def main() -> int:
     ap.add_argument("--search", default="runs/demo", help="output directory of `hyctas search`")
     ap.add_argument("--supernet", default=None, help="supernet run directory (default: SEARCH/supernet)")
     ap.add_argument("--data", default="digits")
-    ap.add_argument("--per-branch", type=int, default=4, help="sampled subnets per branch count for 1 and 2 (the paper: 10 in all)")
+    ap.add_argument("--per-branch", type=int, default=6,
+                    help="sampled subnets per branch count (the paper ranks 10 in all; within-branch Kendall tau needs several)")
     ap.add_argument("--seeds", type=int, default=2, help="from-scratch seeds per ranked subnet")
     ap.add_argument("--random", type=int, default=5, help="random archs per branch count (the paper: 5)")
     ap.add_argument("--steps", type=int, default=1800, help="from-scratch training steps per arch")
@@ -75,6 +92,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2, help="from-scratch trainings at a time (1 thread each)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: ranking,random")
+    ap.add_argument("--cache", default="runs/bench-scratch-cache",
+                    help="directory keeping every from-scratch result (keyed by arch, data, budget and seed); '' for none")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -110,20 +129,22 @@ def main() -> int:
 
     def submit(arch, tag: str, seed: int):
         text = hy.dumps(arch.model_copy(update={"meta": ()}))
-        return pool.submit(scratch_miou, (text, args.data, str(tmp / tag), args.steps, args.optimizer, args.lr, seed, args.val_images))
+        return pool.submit(scratch_miou, (text, args.data, str(tmp / tag), args.steps, args.optimizer, args.lr, seed, args.val_images,
+                                            args.cache))
 
     sn_cfg = json.loads((sn_path.parent / "config.json").read_text()).get("config", {}) if (sn_path.parent / "config.json").exists() else {}
     print(f"# search quality on `{args.data}` ({space.name} space)\n")
     print(f"supernet {sn_path}: {sn_cfg.get('steps', '?')} steps, scheme {sn_cfg.get('scheme', 'paper')}, "
-          f"distill {sn_cfg.get('distill', 0)}, branch balance {sn_cfg.get('branch_balance', False)}; "
+          f"distill {sn_cfg.get('distill', 0)}, branch balance {sn_cfg.get('branch_balance', False)}, "
+          f"output stride aux {sn_cfg.get('output_stride_aux', 0)}; "
           f"from scratch: {args.steps} steps, batch 8, {args.optimizer} lr {args.lr}; {n_val} validation images, "
           f"BN recalibrated on {args.bn_images}; ± is the sd over 200 bootstrap resamples of the validation images "
           f"(supernet) or over {args.seeds} seeds (from scratch)\n")
 
     # 1 + 2: sampled subnets, supernet estimate now, from-scratch runs in the background.
-    rng = np.random.default_rng([args.seed, 7])
     subnets = []
     for nb in range(1, space.max_branches + 1):
+        rng = np.random.default_rng([args.seed, 7, nb])  # one stream per branch count: --per-branch extends, never reshuffles
         for i in range(args.per_branch):
             arch = sample_arch(space, rng, n_branches=nb, name=f"b{nb}_{i}")
             r = ev(arch)
@@ -171,24 +192,25 @@ def main() -> int:
         plan = []
         for nb in range(1, space.max_branches + 1):
             files = sorted(search_dir.glob(f"searched_b{nb}_*.hy"))
-            if not files:
-                plan.append((nb, None, []))
-                continue
-            archs = [hy.load(f).archs[0] for f in files]
-            best = max(archs, key=lambda a: a.meta_dict().get("miou", 0.0))
-            best_f = [submit(best, f"b{nb}_searched_s{s}", s) for s in range(args.seeds)]
+            searched = None
+            if files:
+                archs = [hy.load(f).archs[0] for f in files]
+                best = max(archs, key=lambda a: a.meta_dict().get("miou", 0.0))
+                searched = (best, [submit(best, f"b{nb}_searched_s{s}", s) for s in range(args.seeds)])
             rand = [sample_arch(space, rng, n_branches=nb, name=f"random{k + 1}") for k in range(args.random)]
-            plan.append((nb, (best, best_f), [(a, submit(a, f"b{nb}_{a.name}", 0)) for a in rand]))
+            plan.append((nb, searched, [(a, submit(a, f"b{nb}_{a.name}", 0)) for a in rand]))
         verdicts = []
         for nb, searched, rand in plan:
+            vals = []
             if searched is None:
                 print(f"| {nb} | (no searched arch in {search_dir}) | | | |")
-                continue
-            best, best_f = searched
-            vals = [f.result() for f in best_f]
-            c = arch_cost(best, size, supernet.classes).total
-            sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-            print(f"| {nb} | searched ({best.name}, {len(vals)} seeds) | {c.macs / 1e9:.4f} | {c.params / 1e3:.1f} | {fmt(statistics.mean(vals), sd)} |")
+            else:
+                best, best_f = searched
+                vals = [f.result() for f in best_f]
+                c = arch_cost(best, size, supernet.classes).total
+                sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
+                print(f"| {nb} | searched ({best.name}, {len(vals)} seeds) | {c.macs / 1e9:.4f} | {c.params / 1e3:.1f} | "
+                      f"{fmt(statistics.mean(vals), sd)} |")
             rm = []
             for a, f in rand:
                 c = arch_cost(a, size, supernet.classes).total
@@ -197,7 +219,8 @@ def main() -> int:
             mean, sd = statistics.mean(r[2] for r in rm), statistics.stdev(r[2] for r in rm)
             print(f"| {nb} | random, mean ± sd of {len(rm)} | {statistics.mean(r[0] for r in rm) / 1e9:.4f} | "
                   f"{statistics.mean(r[1] for r in rm) / 1e3:.1f} | {fmt(mean, sd)} |")
-            verdicts.append((nb, statistics.mean(vals), mean, sd))
+            if vals:
+                verdicts.append((nb, statistics.mean(vals), mean, sd))
         print()
         for nb, s, m, sd in verdicts:
             print(f"- {nb} branch{'es' * (nb > 1)}: searched {fmt(s)} vs random mean + 1 sd {fmt(m + sd)}: "

@@ -17,7 +17,7 @@ updates land in its buffers. Only the chosen ops run; shared prefixes run once.
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -337,6 +337,7 @@ class SubnetView(nn.Module):
 
         plan = lower(arch, supernet.classes)
         self.arch = arch
+        self.__dict__["supernet_ref"] = supernet  # not a submodule: its weights are registered under ``ops``
         self.plan: Plan = plan
         self.graph = plan.graph
         self.classes = supernet.classes
@@ -394,6 +395,35 @@ class SubnetView(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self._bind()
         return self.net(x)
+
+    def forward_output_strides(self, x: Tensor, output_strides: Iterable[int]) -> dict[int, Any]:
+        """The subnet's output at each of ``output_strides`` from one forward of its body.
+
+        The stem, the cells, the fusion nodes and theta's aggregation are the same whatever
+        the head's output stride (section 3.2; only the stride-4 merge differs), so the other
+        output strides cost their head alone: the head's inputs are taken from this view's
+        forward and given to the head of a sibling view (same weights, other output stride).
+        """
+        wanted = list(dict.fromkeys(int(s) for s in output_strides))
+        own = self.arch.head.output_stride
+        grabbed: list = []
+        hook = self.net.head.register_forward_pre_hook(lambda _m, args: grabbed.append(args))
+        try:
+            out = {own: self(x)}
+        finally:
+            hook.remove()
+        siblings = self.__dict__.setdefault("_siblings", {})
+        for s in wanted:
+            if s == own:
+                continue
+            if s not in siblings:
+                head = self.arch.head.model_copy(update={"output_stride": s})
+                siblings[s] = self.supernet_ref.subnet(self.arch.model_copy(update={"head": head}))
+            sib = siblings[s]
+            sib.train(self.training)
+            sib._bind()
+            out[s] = sib.net.head(*grabbed[0])
+        return {s: out[s] for s in wanted}
 
     def batchnorms(self) -> tuple[list[nn.Module], list[nn.Module]]:
         """For BatchNorm recalibration (section 4.2, "Search"): the supernet's BatchNorm

@@ -213,3 +213,73 @@ def test_sandwich_resume_is_exact(space_file, tmp_path):
     a, b = weights(straight), weights(split)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_other_output_stride_shares_one_forward_of_the_body():
+    """forward_output_strides gives each output stride's logits exactly as that subnet's own
+    view does, and the auxiliary loss trains the head at the other output stride: with the
+    loss at output stride 8 alone, the stride-4 merge gets no gradient, with it, the cells
+    get the sum of both losses' gradients."""
+    from hyctas_dsl.compiler import Supernet
+    from hyctas_dsl.jobs.schemes import StepSubnet, train_step
+    from hyctas_dsl.search.genome import sample_arch
+    import numpy as np
+
+    torch.manual_seed(0)
+    space = _space()
+    net = Supernet(space, classes=3).eval()
+    rng = np.random.default_rng(0)
+    arch = next(a for a in (sample_arch(space, rng) for _ in range(50)) if a.head.output_stride == 8)
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    outs = net.subnet(arch).forward_output_strides(x, (8, 4))
+    assert list(outs) == [8, 4]
+    for s, out in outs.items():
+        other = arch.model_copy(update={"head": arch.head.model_copy(update={"output_stride": s})})
+        assert torch.equal(out, net.subnet(other)(x))
+
+    def grads(aux):
+        net.zero_grad()
+        train_step(net, [StepSubnet("random", arch)], x, y, float(y.numel()), distill=0.0, output_stride_aux=aux)
+        return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    plain, both = grads(0.0), grads(1.0)
+    merge4 = {n for n in both if ".proj4." in n or ".fuse4." in n}
+    assert merge4 and not merge4 & plain.keys()  # only the output-stride-4 head uses the stride-4 merge
+    cells = [n for n in plain if n.startswith("cells.")]
+    assert cells and any(not torch.equal(plain[n], both[n]) for n in cells)
+
+
+def test_output_stride_aux_resume_is_exact(space_file, tmp_path):
+    torch.set_num_threads(1)
+    straight = tmp_path / "straight"
+    train_supernet(cfg(space_file, straight, output_stride_aux=0.5), progress=False)
+    split = tmp_path / "split"
+    train_supernet(cfg(space_file, split, steps=3, output_stride_aux=0.5), progress=False)
+    train_supernet(cfg(space_file, split, steps=6, output_stride_aux=0.5), resume=True, progress=False)
+    a, b = weights(straight), weights(split)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    plain = tmp_path / "plain"
+    train_supernet(cfg(space_file, plain), progress=False)
+    assert any(not torch.equal(a[k], weights(plain)[k]) for k in a)  # the option takes effect
+
+
+def test_a_run_from_before_an_option_existed_resumes_as_it_trained(space_file, tmp_path):
+    """A checkpoint whose saved config lacks an option added later resumes when the option
+    resolves to what the run did, and is refused when it asks for something else."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    out = tmp_path / "old"
+    train_supernet(cfg(space_file, out, steps=3), progress=False)
+    ck = out / "checkpoint.safetensors"
+    with safe_open(str(ck), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(meta["config"])
+    del config["output_stride_aux"]
+    save_file(tensors, str(ck), metadata={**meta, "config": json.dumps(config)})
+    with pytest.raises(ResumeMismatch, match="output_stride_aux"):
+        train_supernet(cfg(space_file, out, steps=6, output_stride_aux=0.5), resume=True, progress=False)
+    train_supernet(cfg(space_file, out, steps=6), resume=True, progress=False)
+    assert weights(out)

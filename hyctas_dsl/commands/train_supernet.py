@@ -52,6 +52,7 @@ def register(app: typer.Typer) -> None:
         random_subnets: Optional[int] = typer.Option(None, "--random-subnets", help=f"sandwich: random subnets per step {default_help(SupernetConfig, 'random_subnets')}."),
         distill: Optional[float] = typer.Option(None, "--distill", help="sandwich: in-place distillation weight, 0..1 [default: 0]."),
         branch_balance: Optional[bool] = typer.Option(None, "--branch-balance/--branch-prior", help="Branch counts in turn, or drawn from the space's prior [default: balance on the embedded digits, else the prior].", show_default=False),
+        output_stride_aux: Optional[float] = typer.Option(None, "--output-stride-aux", help="Also train each sampled subnet's head at the other output stride, on the same forward of its body, with this loss weight; 0: off [default: 0]."),
         shared_classifier: Optional[bool] = typer.Option(None, "--shared-classifier/--per-head-classifier", help=f"One classifier for every head, or one per head [default: {_SHARED_DEFAULT}].", show_default=False),
         config: Optional[str] = typer.Option(None, "--config", help="TOML file with a [supernet] table."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
@@ -63,7 +64,7 @@ def register(app: typer.Typer) -> None:
             optimizer=optimizer, lr=lr, lr_decay=lr_decay, decay_every=decay_every, seed=seed,
             checkpoint_every=checkpoint_every, workers=workers, device=device, scheme=scheme,
             random_subnets=random_subnets, distill=distill, branch_balance=branch_balance,
-            shared_classifier=shared_classifier,
+            shared_classifier=shared_classifier, output_stride_aux=output_stride_aux,
         ))
 
         out_dir_option(cfg.out)

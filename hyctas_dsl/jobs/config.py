@@ -91,6 +91,10 @@ class SupernetConfig(_Config):
     branch_balance: Optional[bool] = Field(
         None, description="random subnets cycle through the branch counts instead of drawing from the branch prior"
     )
+    output_stride_aux: Optional[float] = Field(
+        None, ge=0, description="weight of the loss at the head's other output stride on every step (the body runs once); "
+        "0: off; default: 0"
+    )
     shared_classifier: bool = Field(
         True, description="every head's stride-4 merge and classifier are one module (false: one per head)"
     )
@@ -114,7 +118,9 @@ class SupernetConfig(_Config):
         scheme = self.scheme or "paper"
         distill = self.distill if self.distill is not None else 0.0
         balance = self.branch_balance if self.branch_balance is not None else digits
-        return self.model_copy(update={"optimizer": opt, "lr": lr, "scheme": scheme, "distill": distill, "branch_balance": balance})
+        aux = self.output_stride_aux if self.output_stride_aux is not None else 0.0
+        return self.model_copy(update={"optimizer": opt, "lr": lr, "scheme": scheme, "distill": distill, "branch_balance": balance,
+                                       "output_stride_aux": aux})
 
 
 class SearchConfig(_Config):

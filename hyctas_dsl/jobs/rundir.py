@@ -208,6 +208,17 @@ class RunDir:
 
     def _check_options(self, cfg, saved: dict, resumable: set[str]) -> Optional[tuple[float, float]]:
         now = cfg.model_dump(mode="json")
+        missing = [k for k in now if k not in saved]
+        if missing:
+            # Options added to the program after this run started: the run trained as they
+            # resolve for its saved config today (a later default that changes training is refused).
+            try:
+                fields = type(cfg).model_fields
+                old = type(cfg).model_validate({k: v for k, v in saved.items() if k in fields})
+                old = old.resolved() if hasattr(old, "resolved") else old
+                saved = {**saved, **{k: old.model_dump(mode="json")[k] for k in missing}}
+            except ValueError:
+                pass  # not a config this program can read: every missing option counts as changed
         changed = sorted(k for k, v in now.items() if k not in resumable and saved.get(k) != v)
         lowered = None
         if changed == ["lr"] and self._diverged() and now["lr"] < saved["lr"]:

@@ -67,26 +67,39 @@ def distill_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torc
 
 
 def train_step(supernet, subnets: list[StepSubnet], x: torch.Tensor, y: torch.Tensor, labelled: float, distill: float,
-               targets=None, world: int = 1) -> torch.Tensor:
+               targets=None, world: int = 1, output_stride_aux: float = 0.0) -> torch.Tensor:
     """Forward and backward every subnet of the step on the same batch; gradients accumulate
-    in the shared weights (one subnet's activations alive at a time). Returns the mean loss
-    (detached); the caller steps the optimizer."""
-    teacher = None
-    total = torch.zeros((), device=x.device)
-    for sub in subnets:
-        out = supernet.subnet(sub.arch)(x)
+    in the shared weights (one subnet's activations alive at a time). With
+    ``output_stride_aux`` > 0 each subnet's head is also trained at the space's other output
+    stride, on the same forward of its body, that loss weighted by ``output_stride_aux``.
+    Returns the mean loss of the sampled subnets (detached); the caller steps the optimizer."""
+
+    def task_loss(out) -> torch.Tensor:
         if targets is not None:  # panoptic: + Panoptic-DeepLab's instance losses (local means, summed over ranks)
             from hyctas_dsl.jobs.panoptic import instance_loss
 
             logits, center, offset = out
-            loss = seg_loss(logits, y, labelled) + instance_loss(center, offset, targets) / world
+            return seg_loss(logits, y, labelled) + instance_loss(center, offset, targets) / world
+        return seg_loss(out, y, labelled)
+
+    teacher = None
+    total = torch.zeros((), device=x.device)
+    strides = tuple(supernet.space.output_strides)
+    for sub in subnets:
+        view = supernet.subnet(sub.arch)
+        own = sub.arch.head.output_stride
+        if output_stride_aux > 0 and len(strides) > 1:
+            outs = view.forward_output_strides(x, strides)
+            out = outs.pop(own)
+            aux = sum(task_loss(o) for o in outs.values()) * output_stride_aux
         else:
-            logits = out
-            loss = seg_loss(logits, y, labelled)
+            out, aux = view(x), None
+        loss = task_loss(out)
         if teacher is not None and distill > 0:
+            logits = out[0] if isinstance(out, tuple) else out
             loss = (1.0 - distill) * loss + distill * distill_loss(logits, teacher, y, labelled)
         if sub.role == "largest":
-            teacher = logits.detach().softmax(1)
-        loss.backward()
+            teacher = (out[0] if isinstance(out, tuple) else out).detach().softmax(1)
+        (loss if aux is None else loss + aux).backward()
         total = total + loss.detach()
     return total / len(subnets)

@@ -121,7 +121,7 @@ def _train(cfg: SupernetConfig, run: RunDir, info: dist.DistInfo, resume: bool, 
             group["lr"] = _lr(cfg, step)
         optimizer.zero_grad(set_to_none=True)
         loss_sum = train_step(supernet, subnets, x, y, labelled, cfg.distill,
-                              targets if panoptic else None, info.world)
+                              targets if panoptic else None, info.world, cfg.output_stride_aux)
         if info.enabled:
             torch_dist.all_reduce(loss_sum)
             for p in supernet.parameters():
