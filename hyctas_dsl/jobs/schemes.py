@@ -15,6 +15,10 @@
 1, 2, 3, 1, 2, ... over the steps, so every branch count gets the same number of steps
 (with the paper's prior, one-branch subnets get a fifth of them, spread over three heads).
 
+``output_stride_aux`` > 0 also trains each subnet's head at the space's other output stride on
+the same forward of its cells (deep supervision of the stride-8 path, which the stem's
+stride-4 feature otherwise lets the classifier ignore; measured in docs/search_quality.md).
+
 Everything a step trains is a pure function of (seed, step), so resuming stays exact.
 """
 
