@@ -143,6 +143,9 @@ class SearchConfig(_Config):
         None, min_length=1, description="latency model JSON: reused when it exists and fits this device and protocol, "
         "else calibrated and saved (default: OUT/latency_model.json)")
     latency_calibration: int = Field(24, ge=4, description="random subnets measured to calibrate the latency model")
+    latency_predictor: Literal["records", "features"] = Field(
+        "records", description="records: each distinct module timed once on this device, summed, plus a fitted "
+        "correction (nn-Meter); features: a regression on the traced per-op features")
     seed: int = Field(0, ge=0, description="seeds numpy generators, which take no negative seeds")
     device: str = "auto"
 
