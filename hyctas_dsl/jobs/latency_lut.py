@@ -166,7 +166,7 @@ def _time_module(module: nn.Module, args: list, stat: str, min_runs: int, min_s:
 class LatencyLUT:
     """Kernel records (ms) of one device and protocol, keyed by module structure and shapes."""
 
-    def __init__(self, protocol: dict, device: str = "cpu", min_runs: int = 5, min_s: float = 0.02, warmup: int = 2):
+    def __init__(self, protocol: dict, device: str = "cpu", min_runs: int = 5, min_s: float = 0.005, warmup: int = 2):
         # protocol: the measurement's (input, dtype, threads, layout, statistic), which the
         # records follow: batch 1, its threads, its layout, its statistic of the timed runs
         self.protocol, self.device = dict(protocol), device

@@ -330,6 +330,8 @@ def _latency_model(cfg: SearchConfig, info: dist.DistInfo, space, classes: int, 
             f"leave-one-out error p90 {model.error_p90:.1%})")
         return model
     rng = np.random.default_rng(cfg.seed + 7919)
+    # 12 subnets hold the records' correction (4 inputs; digits at 64x64: fitted on 12, 98% or
+    # more of 48 others within 10% in each of 20 draws); the features model (30) wants 24
     per = -(-cfg.latency_calibration // len(cfg.branches))
     archs = [a for nb in cfg.branches for a in sample_population(space, rng, per, n_branches=nb)]
     say(f"latency model: calibrating on {len(archs)} random subnets ({cfg.latency_seconds:g} s timed each)")
