@@ -53,7 +53,7 @@ def space_of(name: str):
 
 
 def run_setting(setting: str, per_branch: int, timed: float, warmup: float, folds: int, seed: int,
-                record_runs: int, stop: str = "time") -> dict:
+                record_runs: int, stop: str = "time", record_s: float = 0.0) -> dict:
     space_name, size_s = setting.split("@")
     size = parse_size(size_s)
     space = space_of(space_name)
@@ -65,7 +65,7 @@ def run_setting(setting: str, per_branch: int, timed: float, warmup: float, fold
     feats = [arch_features(a, size, classes) for a in archs]
     t_feat = (time.perf_counter() - t0) / len(archs)
     records = LatencyLUT({"input": f"1x3x{size[0]}x{size[1]}", "threads": 1, "statistic": "fastest run"},
-                         min_runs=record_runs)
+                         min_runs=record_runs, min_s=record_s)
     t0 = time.perf_counter()
     rec_feats = [records.features(a, classes) for a in archs]
     t_rec = (time.perf_counter() - t0) / len(archs)
@@ -143,20 +143,22 @@ def main() -> None:
                     help="time: every session runs --timed seconds; stable: stops once the fastest run is stable "
                          "(the search's protocol), and a third, fixed-time session is compared with it")
     ap.add_argument("--record-runs", type=int, default=5, help="timed calls per kernel record (at least)")
+    ap.add_argument("--record-seconds", type=float, default=0.0, help="timed seconds per kernel record (at least)")
     ap.add_argument("--dump", help="also write every subnet's source, features and timed runs to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
     for s in args.settings.split(","):
         t0 = time.perf_counter()
-        rows.append(run_setting(s, args.per_branch, args.timed, args.warmup, args.folds, args.seed, args.record_runs, args.stop))
+        rows.append(run_setting(s, args.per_branch, args.timed, args.warmup, args.folds, args.seed, args.record_runs, args.stop,
+                                args.record_seconds))
         print(f"{s}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     if args.dump:
         write_json(Path(args.dump), [{k: v for k, v in r.items() if k != "stats"} for r in rows])
     print()
     print(f"protocol: batch 1, cpu (1 thread), fp32, eager, warm-up {args.warmup:g} s, timed {args.timed:g} s per session, "
           f"2 sessions per subnet; models fitted by {args.folds}-fold cross-validation; records: fastest of "
-          f">= {args.record_runs} calls; device: {device_fingerprint()['name']}")
+          f">= {args.record_runs} calls and {args.record_seconds:g} s; device: {device_fingerprint()['name']}")
     print("| space @ input | subnets | statistic | measured ms (min / median / max) | A vs B within 10% | A vs B p90 "
           "| median CV of runs | features model within 10% | its p90 / max error | record sum alone within 10% (MAE) "
           "| records + correction within 10% (records timed once) | its p90 / max error | s per measurement | s per features "
