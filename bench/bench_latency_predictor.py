@@ -117,6 +117,8 @@ def run_setting(setting: str, per_branch: int, timed: float, warmup: float, fold
         if fixed is not None:  # the stable-stop sessions (A and B pooled) against the fixed-time one
             f_ms = np.array([pick(s.samples) for s in fixed])
             row.setdefault("vs_fixed", {})[stat] = float(np.mean(np.abs(ref - f_ms) / f_ms <= 0.10))
+        if stat == "fastest":  # how many calibration subnets each model needs (the search fits on the fastest run)
+            row["calibration_sizes"] = calibration_sizes(ref, feats, rec_feats, per_branch, seed)
         err = np.abs(pred - ref) / ref
         rerr = np.abs(pred_rec - ref) / ref
         rerr1 = np.abs(pred_rec1 - ref) / ref
@@ -129,6 +131,27 @@ def run_setting(setting: str, per_branch: int, timed: float, warmup: float, fold
             "rec_within10": float(np.mean(rerr <= 0.10)), "rec1_within10": float(np.mean(rerr1 <= 0.10)), "rec_p90": float(np.quantile(rerr, 0.9)),
             "rec_max": float(rerr.max())}
     return row
+
+
+def calibration_sizes(ref, feats, rec_feats, per_branch: int, seed: int, draws: int = 20) -> dict:
+    """Each model fitted on n subnets (n/3 per branch count, ``draws`` random draws), checked on
+    all the others: {n: {model: (mean share within 10%, worst share within 10%)}}."""
+    rng = np.random.default_rng(seed + 1)
+    out = {}
+    for n in (6, 12, 24):
+        if n // 3 >= per_branch:
+            continue
+        shares = {"features": [], "records": []}
+        for _ in range(draws):
+            train = np.concatenate([rng.choice(np.arange(b * per_branch, (b + 1) * per_branch), n // 3, replace=False)
+                                    for b in range(3)])
+            test = np.setdiff1d(np.arange(len(ref)), train)
+            for name, fs in (("features", feats), ("records", rec_feats)):
+                lm = LatencyModel.fit([fs[i] for i in train], ref[train], {}, {})
+                e = np.abs(np.array([lm.predict(fs[i]) for i in test]) - ref[test]) / ref[test]
+                shares[name].append(float(np.mean(e <= 0.10)))
+        out[n] = {k: (float(np.mean(v)), float(np.min(v))) for k, v in shares.items()}
+    return out
 
 
 def main() -> None:
@@ -172,6 +195,14 @@ def main() -> None:
                   f"| {st['sum_within10']:.0%} ({st['sum_mae']:.1%}) | **{st['rec_within10']:.0%}** ({st['rec1_within10']:.0%}) "
                   f"| {st['rec_p90']:.1%} / {st['rec_max']:.1%} | {r['t_meas']:.2f} | {r['t_feat']:.3f} "
                   f"| {r['t_rec']:.2f} ({r['records']}) |")
+    print()
+    print("calibration size (fastest run): fitted on n subnets, share of the others within 10%, mean / worst of 20 draws")
+    print("| space @ input | n | features model | records + correction |")
+    print("|---|--:|---|---|")
+    for r in rows:
+        for n, m in r.get("calibration_sizes", {}).items():
+            print(f"| {r['setting']} | {n} | {m['features'][0]:.0%} / {m['features'][1]:.0%} "
+                  f"| {m['records'][0]:.0%} / {m['records'][1]:.0%} |")
     for r in rows:
         if "vs_fixed" in r:
             print(f"{r['setting']}: stable stop, median {r['runs_median']:.0f} timed runs, {r['t_meas']:.3f} s per "

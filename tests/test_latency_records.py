@@ -100,8 +100,11 @@ def test_save_load_and_refuse_another_device_or_protocol(tmp_path):
         RecordsLatencyModel.load(path, here, dict(PROTOCOL, input="1x3x512x1024"))
     # a features model is not a records model, and the other way round
     LatencyModel.fit([[float(i)] * 30 for i in range(1, 6)], [1.0, 2, 3, 4, 5], here, PROTOCOL).save(tmp_path / "f.json")
-    with pytest.raises(LatencyModelError, match="not a latency-records model"):
+    with pytest.raises(LatencyModelError, match="a per-op features latency model, not a latency-records model"):
         RecordsLatencyModel.load(tmp_path / "f.json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(LatencyModelError, match="not a latency-records model"):
+        RecordsLatencyModel.load(tmp_path / "other.json")
     with pytest.raises(LatencyModelError, match="not a latency model"):
         LatencyModel.load(path)
     data["records"] = {"k": "slow"}

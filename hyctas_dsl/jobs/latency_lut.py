@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from hyctas_dsl.jobs.io import write_json
-from hyctas_dsl.jobs.latency_model import LatencyModelError, _shape_only, _Tracer
+from hyctas_dsl.jobs.latency_model import FORMAT as FEATURES_FORMAT, LatencyModelError, _shape_only, _Tracer
 from hyctas_dsl.language.ast import Arch
 
 __all__ = ["LatencyLUT", "RecordsLatencyModel", "CORRECTION_FEATURES", "RECORDS_FORMAT", "module_calls"]
@@ -299,6 +299,9 @@ class RecordsLatencyModel:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise LatencyModelError(f"{path}: not a readable latency model ({type(e).__name__}: {e})") from None
+        if isinstance(data, dict) and data.get("format") == FEATURES_FORMAT:
+            raise LatencyModelError(f"{path}: a per-op features latency model, not a latency-records model; "
+                                    "use it with the features predictor or calibrate a records one")
         if not isinstance(data, dict) or data.get("format") != RECORDS_FORMAT:
             raise LatencyModelError(f"{path}: not a latency-records model of format {RECORDS_FORMAT}")
         if data.get("features") != list(CORRECTION_FEATURES):
