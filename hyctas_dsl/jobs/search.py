@@ -334,13 +334,21 @@ def _latency_model(cfg: SearchConfig, info: dist.DistInfo, space, classes: int, 
     # more of 48 others within 10% in each of 20 draws); the features model (30) wants 24
     per = -(-cfg.latency_calibration // len(cfg.branches))
     archs = [a for nb in cfg.branches for a in sample_population(space, rng, per, n_branches=nb)]
-    say(f"latency model: calibrating on {len(archs)} random subnets ({cfg.latency_seconds:g} s timed each)")
+    say(f"latency model ({cfg.latency_predictor}): calibrating on {len(archs)} random subnets (timed until the "
+        f"fastest run is stable, at most {cfg.latency_seconds:g} s each)")
+    records = LatencyLUT(protocol, device=str(info.device)) if kind is RecordsLatencyModel else None
+    if records is not None:  # first pass of the calibration subnets' records
+        for a in archs:
+            records.record_sum(a, classes)
     facts = _gathered(info, archs, measure)
     fit = dict(device=device, protocol=protocol, keys=[canonical_key(a) for a in archs],
                cvs=[f["latency_cv"] for f in facts])
     measured = [f["latency_fastest_ms"] for f in facts]
-    if kind is RecordsLatencyModel:
-        records = LatencyLUT(protocol, device=str(info.device))
+    if records is not None:
+        # second pass, keeping the faster: the two passes bracket the measurements, so a busy
+        # phase of a shared machine during one pass does not skew the fit (at 512x1024, 95%
+        # of 60 subnets within 10% with two passes, 80% with one; docs/latency.md)
+        records.retime(archs, classes)
         model = RecordsLatencyModel.fit([records.features(a, classes) for a in archs], measured, records=records, **fit)
     else:
         model = LatencyModel.fit([arch_features(a, size, classes) for a in archs], measured, **fit)
