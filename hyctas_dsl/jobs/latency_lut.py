@@ -148,17 +148,30 @@ def module_calls(arch: Arch, input_size: tuple[int, int], classes: int = 19,
     return calls, [float(glue_calls), glue_mb]
 
 
+def _flat(args):
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from _flat(a)
+
+
 def _time_module(module: nn.Module, args: list, stat: str, min_runs: int, min_s: float, warmup: int) -> float:
     """One record: ``warmup`` untimed calls, then at least ``min_runs`` timed calls and
     ``min_s`` seconds; the fastest or the median timed call (ms)."""
+    from hyctas_dsl.jobs.latency import _sync
+
+    device = next((a.device for a in _flat(args)), torch.device("cpu"))
     with torch.inference_mode():
         for _ in range(warmup):
             module(*args)
+        _sync(device)
         times: list[float] = []
         t_stop = time.perf_counter() + min_s
         while len(times) < min_runs or time.perf_counter() < t_stop:
             t0 = time.perf_counter()
             module(*args)
+            _sync(device)  # a GPU runs asynchronously: time the kernels, not their launch
             times.append((time.perf_counter() - t0) * 1000.0)
             if len(times) >= 1000:
                 break
