@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
         latency_input: Optional[str] = typer.Option(None, "--latency-input", help="HxW for latency [default: the data's size]."),
         latency: Optional[str] = typer.Option(None, "--latency", help=f"measure | predict: time every candidate, or rank by a latency model calibrated on this device and measure only what is written out {default_help(SearchConfig, 'latency')}."),
         latency_model: Optional[str] = typer.Option(None, "--latency-model", help="Latency model JSON to reuse (refused if made on another device or protocol) or to write [default: OUT/latency_model.json]."),
-        latency_calibration: Optional[int] = typer.Option(None, "--latency-calibration", help=f"Random subnets measured to calibrate the latency model {default_help(SearchConfig, 'latency_calibration')}."),
+        latency_calibration: Optional[int] = typer.Option(None, "--latency-calibration", help=f"Random subnets measured to calibrate the latency model {default_help(SearchConfig, 'latency_calibration', 'give 24 with --latency-predictor features')}."),
+        latency_predictor: Optional[str] = typer.Option(None, "--latency-predictor", help=f"records | features: the latency model, module records timed here plus a fitted correction, or a regression on per-op features {default_help(SearchConfig, 'latency_predictor')}."),
         seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed {default_help(SearchConfig, 'seed')}."),
         device: Optional[str] = typer.Option(None, "--device", help=f"auto | cpu | cuda {default_help(SearchConfig, 'device')}."),
         config: Optional[str] = typer.Option(None, "--config", help="TOML file with a [search] table (and [supernet] for the demo's supernet)."),
@@ -67,7 +68,8 @@ def register(app: typer.Typer) -> None:
             population=population, generations=generations, crossover=crossover, mutation=mutation,
             miou_min=miou_min, metric=metric, bn_images=bn_images, val_images=val_images, latency_seconds=latency_seconds,
             latency_input=size_option(latency_input, "--latency-input"), latency=latency,
-            latency_model=latency_model, latency_calibration=latency_calibration, seed=seed, device=device,
+            latency_model=latency_model, latency_calibration=latency_calibration,
+            latency_predictor=latency_predictor, seed=seed, device=device,
         ))
 
         sn_cfg = _supernet_table(config, cfg)

@@ -148,7 +148,11 @@ class SearchConfig(_Config):
     latency_model: Optional[str] = Field(
         None, min_length=1, description="latency model JSON: reused when it exists and fits this device and protocol, "
         "else calibrated and saved (default: OUT/latency_model.json)")
-    latency_calibration: int = Field(24, ge=4, description="random subnets measured to calibrate the latency model")
+    # 12 hold the records' correction (4 inputs); the features model (30 inputs) wants 24
+    latency_calibration: int = Field(12, ge=4, description="random subnets measured to calibrate the latency model")
+    latency_predictor: Literal["records", "features"] = Field(
+        "records", description="records: each distinct module timed once on this device, summed, plus a fitted "
+        "correction (nn-Meter); features: a regression on the traced per-op features")
     seed: int = Field(0, ge=0, description="seeds numpy generators, which take no negative seeds")
     device: str = "auto"
 

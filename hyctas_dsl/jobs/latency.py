@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["Latency", "measure_latency", "summarize"]
+__all__ = ["Latency", "measure_latency", "stable", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class Latency:
     min_ms: float = 0.0
     # every timed run (ms), so that rounds can be pooled; not written out
     samples: tuple = field(default=(), repr=False, compare=False)
+    # "stable": timing stopped once the fastest run had stopped improving (at most timed_s)
+    stop: str = "time"
 
     @property
     def fps(self) -> float:
@@ -45,8 +47,10 @@ class Latency:
             f"batch 1, {self.input}, {self.device}"
             + (f" ({self.threads} thread{'s' * (self.threads > 1)})" if self.device == "cpu" else "")
             + f", {self.dtype}, {self.backend}, "
-            f"warm-up {self.warmup_s:g} s, median of {self.runs} runs in {self.timed_s:g} s "
-            f"(fastest {self.min_ms:.3g}, p10..p90 {self.p10_ms:.3g}..{self.p90_ms:.3g} ms, CV {self.cv:.1%})"
+            + (f"warm-up {self.warmup_s:g} s, median of {self.runs} runs in {self.timed_s:g} s " if self.stop != "stable"
+               else f"warm-up {WARMUP_RUNS} runs (at most {self.warmup_s:g} s), median of {self.runs} runs until "
+                    f"the fastest was stable (at most {self.timed_s:g} s) ")
+            + f"(fastest {self.min_ms:.3g}, p10..p90 {self.p10_ms:.3g}..{self.p90_ms:.3g} ms, CV {self.cv:.1%})"
         )
 
     def to_json(self) -> dict:
@@ -84,21 +88,47 @@ def measure_latency(
     backend: str = "eager",
     channels_last: bool = False,
     threads: int | None = None,
+    stop_when_stable: bool = False,
 ) -> Latency:
     """Time ``model`` on one ``3 x H x W`` image already on ``device``. On the CPU,
     ``threads`` fixes torch's thread count for the measurement (1 gives stable numbers on a
-    shared machine, where spinning OpenMP threads make timings jump by 100x)."""
+    shared machine, where spinning OpenMP threads make timings jump by 100x).
+
+    ``stop_when_stable``: warm up for at most ``WARMUP_RUNS`` runs (or ``warmup_s``), and stop
+    timing once the fastest run has stopped improving (``stable``), or after ``timed_s``: at
+    about 1 ms a run, the fastest run settles within tens of runs, so a 0.3 s budget mostly
+    measured the same minimum again (the search measures hundreds of such networks)."""
     device = torch.device(device)
     saved_threads = torch.get_num_threads()
     if threads is not None and device.type == "cpu":
         torch.set_num_threads(threads)
     try:
-        return _measure(model, input_size, device, dtype, warmup_s, timed_s, min_runs, backend, channels_last)
+        return _measure(model, input_size, device, dtype, warmup_s, timed_s, min_runs, backend, channels_last,
+                        stop_when_stable)
     finally:
         torch.set_num_threads(saved_threads)
 
 
-def _measure(model, input_size, device, dtype, warmup_s, timed_s, min_runs, backend, channels_last) -> Latency:
+# stop_when_stable: warm-up runs (at most), the fewest timed runs, and "stable" = no new fastest
+# run (by more than STABLE_REL) in the last half of the runs
+WARMUP_RUNS = 10
+STABLE_MIN_RUNS = 20
+STABLE_REL = 0.01
+
+
+def stable(times: Sequence[float]) -> bool:
+    """Whether the fastest of ``times`` has stopped improving: at least ``STABLE_MIN_RUNS``
+    runs, and none in the later half faster by more than ``STABLE_REL`` than the earlier half's
+    fastest."""
+    n = len(times)
+    if n < STABLE_MIN_RUNS:
+        return False
+    first = min(times[: n // 2])
+    return min(times[n // 2:]) >= first * (1 - STABLE_REL)
+
+
+def _measure(model, input_size, device, dtype, warmup_s, timed_s, min_runs, backend, channels_last,
+             stop_when_stable=False) -> Latency:
     model = model.eval().to(device=device, dtype=dtype)
     x = torch.randn(1, 3, *input_size, device=device, dtype=dtype)
     if channels_last:
@@ -106,8 +136,10 @@ def _measure(model, input_size, device, dtype, warmup_s, timed_s, min_runs, back
         x = x.contiguous(memory_format=torch.channels_last)
     t_end = time.perf_counter() + warmup_s
     model(x)  # at least one warm-up run, whatever warmup_s says
-    while time.perf_counter() < t_end:
+    warm = 1
+    while time.perf_counter() < t_end and not (stop_when_stable and warm >= WARMUP_RUNS):
         model(x)
+        warm += 1
     _sync(device)
     times: list[float] = []
     t_stop = time.perf_counter() + timed_s
@@ -116,6 +148,8 @@ def _measure(model, input_size, device, dtype, warmup_s, timed_s, min_runs, back
         model(x)
         _sync(device)
         times.append((time.perf_counter() - t0) * 1000.0)
+        if stop_when_stable and len(times) >= min_runs and stable(times):
+            break
     name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
     return Latency(
         **summarize(times),
@@ -127,4 +161,5 @@ def _measure(model, input_size, device, dtype, warmup_s, timed_s, min_runs, back
         warmup_s=warmup_s,
         timed_s=timed_s,
         samples=tuple(times),
+        stop="stable" if stop_when_stable else "time",
     )

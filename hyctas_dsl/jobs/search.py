@@ -15,11 +15,12 @@ Output directory:
 - ``state_b{n}.json``: per-search checkpoints, written every generation (``--resume``).
 
 Latency (``--latency``): ``measure`` times every candidate (batch 1, 1 thread, warm-up, timed
-runs; hyctas_dsl.jobs.latency). ``predict`` ranks by the latency model
-(hyctas_dsl.jobs.latency_model), calibrated here on random subnets of the space unless a model
-for this device and protocol is given, and after the searches measures for real the Pareto
-members and every candidate within the model's error of the front; the written front is the
-Pareto front of those measurements.
+runs until the fastest is stable; hyctas_dsl.jobs.latency). ``predict`` ranks by the latency
+model (``--latency-predictor``: kernel records plus a fitted correction,
+hyctas_dsl.jobs.latency_lut, or per-op features, hyctas_dsl.jobs.latency_model), calibrated
+here on random subnets of the space unless a model for this device and protocol is given, and
+after the searches measures for real the Pareto members and every candidate within the
+model's error of the front; the written front is the Pareto front of those measurements.
 
 Under torchrun the candidates of each offspring round (and their latency measurements) are
 split across ranks and the results gathered, so every rank runs the same search.
@@ -130,7 +131,7 @@ def _search(cfg: SearchConfig, resume: bool, progress: bool, supernet_cfg: Super
     def measure(arch: Arch) -> dict:
         model = export(arch, supernet, supernet.classes)
         lat = measure_latency(model, lat_input, info.device, timed_s=cfg.latency_seconds,
-                              warmup_s=min(0.2, cfg.latency_seconds), threads=1)
+                              warmup_s=min(0.2, cfg.latency_seconds), threads=1, stop_when_stable=True)
         return {"latency_ms": lat.median_ms, "latency_fastest_ms": lat.min_ms, "latency_cv": round(lat.cv, 4),
                 "latency_protocol": lat.protocol}
 
@@ -151,7 +152,10 @@ def _search(cfg: SearchConfig, resume: bool, progress: bool, supernet_cfg: Super
         if cfg.objective == "latency":
             t0 = time.perf_counter()
             if predictor is not None:
-                facts = [{"latency_predicted_fastest_ms": predictor.predict_arch(a, supernet.classes)} for a in archs]
+                # split across ranks and gathered: records timed on one rank give every rank
+                # the same prediction
+                facts = _gathered(info, archs, lambda a: {
+                    "latency_predicted_fastest_ms": predictor.predict_arch(a, supernet.classes)})
             else:
                 facts = _gathered(info, archs, measure)
             lat_split["prediction" if predictor is not None else "measurement"] += time.perf_counter() - t0
@@ -176,7 +180,7 @@ def _search(cfg: SearchConfig, resume: bool, progress: bool, supernet_cfg: Super
             n_branches=nb, pop_size=cfg.population, n_gen=cfg.generations, crossover_prob=cfg.crossover,
             mutation_prob=cfg.mutation, miou_min=cfg.miou_min, seed=cfg.seed * 1000 + nb,
             # the label makes --resume refuse to mix predicted and measured costs
-            objective=cfg.objective + (" (predicted)" if predictor is not None else ""),
+            objective=cfg.objective + (f" (predicted, {cfg.latency_predictor})" if predictor is not None else ""),
         )
         state = out / f"state_b{nb}.json"
         if info.is_main:
@@ -195,6 +199,11 @@ def _search(cfg: SearchConfig, resume: bool, progress: bool, supernet_cfg: Super
         results = {nb: _measure_near_front(res, predictor, info, measure, say) for nb, res in results.items()}
         lat_split["measurement"] += time.perf_counter() - t0
         t_latency += time.perf_counter() - t0
+        records = getattr(predictor, "records", None)
+        if records is not None:
+            lat_split["records_timed"] = records.seconds  # part of calibration and prediction
+            if info.is_main and records.misses:  # keep the records the candidates added
+                predictor.save(_model_path(cfg))
     t_search = time.perf_counter() - t_genome_start
     dist.barrier(info)
 
@@ -273,7 +282,10 @@ def _write_outputs(cfg: SearchConfig, info: dist.DistInfo, records: list[dict], 
         "latency": cfg.latency if cfg.objective == "latency" else None,
         "latency_time_split_s": lat_split if cfg.objective == "latency" else None,
         "latency_model": None if predictor is None else {
-            "file": str(_model_path(cfg)), "device": predictor.device, "protocol": predictor.protocol,
+            "file": str(_model_path(cfg)), "predictor": cfg.latency_predictor, "device": predictor.device,
+            "protocol": predictor.protocol,
+            **({"records": len(predictor.records.table), "records_timed_here": predictor.records.misses,
+                "records_reused": predictor.records.hits} if getattr(predictor, "records", None) else {}),
             "calibration_error_p90": predictor.error_p90, "calibration_error_max": predictor.error_max},
         "latency_model_mean_abs_error": lut_error,
         "latency_checked": [{"key": r["key"], "file": r.get("file") or None, "measured_ms": r["latency_ms"],
@@ -297,6 +309,7 @@ def _latency_model(cfg: SearchConfig, info: dist.DistInfo, space, classes: int, 
 
     from hyctas_dsl.language.api import canonical_key
     from hyctas_dsl.search.genome import sample_population
+    from hyctas_dsl.jobs.latency_lut import LatencyLUT, RecordsLatencyModel
     from hyctas_dsl.jobs.latency_model import LatencyModel, LatencyModelError, arch_features, device_fingerprint
 
     device = device_fingerprint(str(info.device))
@@ -305,24 +318,40 @@ def _latency_model(cfg: SearchConfig, info: dist.DistInfo, space, classes: int, 
     # 2-core machine running 6 jobs), the fastest run what the network costs.
     protocol = {"input": f"1x3x{size[0]}x{size[1]}", "dtype": "fp32", "threads": 1, "layout": "contiguous",
                 "backend": "eager", "timed_s": cfg.latency_seconds, "warmup_s": min(0.2, cfg.latency_seconds),
-                "statistic": "fastest run"}
+                "stop": "stable", "statistic": "fastest run"}
+    kind = RecordsLatencyModel if cfg.latency_predictor == "records" else LatencyModel
     path = _model_path(cfg)
     if path.exists():
         try:
-            model = LatencyModel.load(path, device, protocol)
+            model = kind.load(path, device, protocol)
         except LatencyModelError as e:
-            raise ConfigError(str(e)) from None
-        say(f"latency model: {path} (calibrated on {len(model.calibration)} subnets, "
+            raise ConfigError(f"{e} (--latency-predictor {cfg.latency_predictor})") from None
+        say(f"latency model: {path} ({cfg.latency_predictor}; calibrated on {len(model.calibration)} subnets, "
             f"leave-one-out error p90 {model.error_p90:.1%})")
         return model
     rng = np.random.default_rng(cfg.seed + 7919)
+    # 12 subnets hold the records' correction (4 inputs; digits at 64x64: fitted on 12, 98% or
+    # more of 48 others within 10% in each of 20 draws); the features model (30) wants 24
     per = -(-cfg.latency_calibration // len(cfg.branches))
     archs = [a for nb in cfg.branches for a in sample_population(space, rng, per, n_branches=nb)]
-    say(f"latency model: calibrating on {len(archs)} random subnets ({cfg.latency_seconds:g} s timed each)")
+    say(f"latency model ({cfg.latency_predictor}): calibrating on {len(archs)} random subnets (timed until the "
+        f"fastest run is stable, at most {cfg.latency_seconds:g} s each)")
+    records = LatencyLUT(protocol, device=str(info.device)) if kind is RecordsLatencyModel else None
+    if records is not None:  # first pass of the calibration subnets' records
+        for a in archs:
+            records.record_sum(a, classes)
     facts = _gathered(info, archs, measure)
-    model = LatencyModel.fit([arch_features(a, size, classes) for a in archs], [f["latency_fastest_ms"] for f in facts],
-                             device, protocol, keys=[canonical_key(a) for a in archs],
-                             cvs=[f["latency_cv"] for f in facts])
+    fit = dict(device=device, protocol=protocol, keys=[canonical_key(a) for a in archs],
+               cvs=[f["latency_cv"] for f in facts])
+    measured = [f["latency_fastest_ms"] for f in facts]
+    if records is not None:
+        # second pass, keeping the faster: the two passes bracket the measurements, so a busy
+        # phase of a shared machine during one pass does not skew the fit (at 512x1024, 95%
+        # of 60 subnets within 10% with two passes, 80% with one; docs/latency.md)
+        records.retime(archs, classes)
+        model = RecordsLatencyModel.fit([records.features(a, classes) for a in archs], measured, records=records, **fit)
+    else:
+        model = LatencyModel.fit([arch_features(a, size, classes) for a in archs], measured, **fit)
     if info.is_main:
         model.save(path)
     say(f"latency model: leave-one-out error p90 {model.error_p90:.1%}, max {model.error_max:.1%}; saved to {path}")
