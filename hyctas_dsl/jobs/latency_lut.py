@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from hyctas_dsl.jobs.io import write_json
-from hyctas_dsl.jobs.latency_model import FORMAT as FEATURES_FORMAT, LatencyModelError, _shape_only, _Tracer
+from hyctas_dsl.jobs.latency_model import FORMAT as FEATURES_FORMAT, LatencyModelError, _shape_only, _Tracer, meta_network, refuse_other
 from hyctas_dsl.language.ast import Arch
 
 __all__ = ["LatencyLUT", "RecordsLatencyModel", "CORRECTION_FEATURES", "RECORDS_FORMAT", "module_calls"]
@@ -102,14 +102,7 @@ def module_calls(arch: Arch, input_size: tuple[int, int], classes: int = 19,
     """The top-level modules ``arch``'s standalone network calls at batch 1 and ``input_size``
     (in call order, with their record keys) and its glue: [calls, MB moved] of everything
     called between them. One forward pass on the ``meta`` device; nothing is computed."""
-    from hyctas_dsl.compiler import export
-
-    with torch.device("meta"):
-        model = export(arch, classes=classes).eval()
-        x = torch.empty(1, 3, *input_size)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    model, x = meta_network(arch, input_size, classes, channels_last)
     tracer = _GlueTracer()
     calls: list[ModuleCall] = []
     top = {id(child): name for name, child in model.named_children()}
@@ -319,7 +312,7 @@ class RecordsLatencyModel:
             raise LatencyModelError(f"{path}: not a latency-records model of format {RECORDS_FORMAT}")
         if data.get("features") != list(CORRECTION_FEATURES):
             raise LatencyModelError(f"{path}: made with other features; calibrate a new one")
-        _refuse_other(path, data, device, protocol)
+        refuse_other(path, data, device, protocol)
         try:
             timing = data["record_timing"]
             lut = LatencyLUT(data["protocol"], device=(device or data["device"]).get("type", "cpu"),
@@ -331,14 +324,3 @@ class RecordsLatencyModel:
                        error_max=float(data["error_max"]), calibration=list(data.get("calibration", [])), records=lut)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise LatencyModelError(f"{path}: a damaged latency-records model ({type(e).__name__}: {e})") from None
-
-
-def _refuse_other(path: Path, data: dict, device: dict | None, protocol: dict | None) -> None:
-    for what, want in (("device", device), ("protocol", protocol)):
-        if want is None:
-            continue
-        have = data.get(what, {})
-        diff = [f"{k} {have.get(k)!r} (here {v!r})" for k, v in want.items() if have.get(k) != v]
-        if diff:
-            raise LatencyModelError(f"{path}: calibrated for another {what}: " + ", ".join(diff)
-                                    + "; calibrate one here (delete the file or give another path)")

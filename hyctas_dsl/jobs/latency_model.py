@@ -159,9 +159,9 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
         and not x.is_contiguous() else torch.contiguous_format
 
 
-def arch_features(arch: Arch, input_size: tuple[int, int], classes: int = 19, channels_last: bool = False) -> list[float]:
-    """The feature vector of ``arch``'s standalone network at batch 1 and ``input_size``:
-    for each kind in ``KINDS``, (calls, GMACs, MB moved), in that order."""
+def meta_network(arch: Arch, input_size: tuple[int, int], classes: int, channels_last: bool):
+    """``arch``'s standalone network and a batch-1 input on torch's ``meta`` device (shapes
+    only, nothing computed), in the layout to be predicted."""
     from hyctas_dsl.compiler import export
 
     with torch.device("meta"):
@@ -170,6 +170,13 @@ def arch_features(arch: Arch, input_size: tuple[int, int], classes: int = 19, ch
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    return model, x
+
+
+def arch_features(arch: Arch, input_size: tuple[int, int], classes: int = 19, channels_last: bool = False) -> list[float]:
+    """The feature vector of ``arch``'s standalone network at batch 1 and ``input_size``:
+    for each kind in ``KINDS``, (calls, GMACs, MB moved), in that order."""
+    model, x = meta_network(arch, input_size, classes, channels_last)
     tracer = _Tracer()
     with torch.no_grad(), tracer:
         model(x)
@@ -269,14 +276,19 @@ class LatencyModel:
             raise LatencyModelError(f"{path}: not a latency model of format {FORMAT}")
         if data.get("features") != feature_names():
             raise LatencyModelError(f"{path}: made with other features; calibrate a new one")
-        for what, want in (("device", device), ("protocol", protocol)):
-            if want is None:
-                continue
-            have = data.get(what, {})
-            diff = [f"{k} {have.get(k)!r} (here {v!r})" for k, v in want.items() if have.get(k) != v]
-            if diff:
-                raise LatencyModelError(f"{path}: calibrated for another {what}: " + ", ".join(diff)
-                                        + "; calibrate one here (delete the file or give another path)")
+        refuse_other(path, data, device, protocol)
         return cls(device=data["device"], protocol=data["protocol"], coef=[float(c) for c in data["coef"]],
                    intercept=float(data["intercept"]), error_p90=float(data["error_p90"]),
                    error_max=float(data["error_max"]), calibration=list(data.get("calibration", [])))
+
+
+def refuse_other(path: Path, data: dict, device: dict | None, protocol: dict | None) -> None:
+    """Refuse a saved model (of either kind) calibrated for another device or protocol."""
+    for what, want in (("device", device), ("protocol", protocol)):
+        if want is None:
+            continue
+        have = data.get(what, {})
+        diff = [f"{k} {have.get(k)!r} (here {v!r})" for k, v in want.items() if have.get(k) != v]
+        if diff:
+            raise LatencyModelError(f"{path}: calibrated for another {what}: " + ", ".join(diff)
+                                    + "; calibrate one here (delete the file or give another path)")
