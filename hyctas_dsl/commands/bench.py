@@ -48,8 +48,8 @@ def register(app: typer.Typer) -> None:
         arch, _ = load_arch(file, arch_name, space)
         arch = with_task(arch, task)
         other = load_arch(compare, None, space)[0] if compare else None
-        if arch.task == "panoptic" and (other is not None or compile_ or channels_last or dtype != "fp32"):
-            raise fail_usage("a panoptic bench times fp32 eager inference: no --compare, --compile, --channels-last, --dtype")
+        if arch.task == "panoptic" and (other is not None or compile_ or dtype != "fp32"):
+            raise fail_usage("a panoptic bench times fp32 eager inference: no --compare, --compile, --dtype")
 
         def job():
             import torch
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
                 from hyctas_dsl.jobs.panoptic_eval import bench_panoptic, default_things
 
                 n_classes = model.head.out.out_channels
-                lats = bench_panoptic(model, size, dev, default_things(n_classes), seconds, warmup)
+                lats = bench_panoptic(model, size, dev, default_things(n_classes), seconds, warmup, channels_last=cl)
                 names = ["network", "post-processing", "network + post-processing"]
                 if as_json:
                     typer.echo(json.dumps({"arch": arch.name, "results": [dict(l.to_json(), part=n, fps=l.fps)

@@ -83,9 +83,10 @@ class PanopticEval:
 @torch.inference_mode()
 def evaluate_panoptic(model: nn.Module, dataset, things: Sequence[int], indices: Optional[list[int]] = None,
                       device="cpu", batch: int = 16, params: PostProcess | None = None, samples: int = 0,
-                      progress: bool = False, post: Optional[dict] = None) -> PanopticEval:
+                      progress: bool = False, post: Optional[dict] = None, channels_last: bool = False) -> PanopticEval:
     """PQ and mIoU of a panoptic ``model`` on ``dataset`` (labels: panoptic id maps).
-    ``params``: the post-processing; else ``PostProcess.for_size(h, w, **post)`` per batch."""
+    ``params``: the post-processing; else ``PostProcess.for_size(h, w, **post)`` per batch.
+    ``channels_last`` converts the model (in place) and the batches to that memory layout."""
     import time
 
     from hyctas_dsl.data import ConfusionMatrix
@@ -95,6 +96,8 @@ def evaluate_panoptic(model: nn.Module, dataset, things: Sequence[int], indices:
     indices = list(range(len(dataset))) if indices is None else list(indices)
     was_training = model.training
     model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     cm = ConfusionMatrix(info.num_classes, info.ignore_index)
     pq = PanopticQuality(info.num_classes, things)
     kept: list = []
@@ -107,6 +110,8 @@ def evaluate_panoptic(model: nn.Module, dataset, things: Sequence[int], indices:
         bar = tqdm(total=len(indices), desc="eval", unit="img", dynamic_ncols=True)
     for x_cpu, y_cpu in image_batches(dataset, indices, batch):
         x, gt = x_cpu.to(device), y_cpu.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         p = params or PostProcess.for_size(x.shape[2], x.shape[3], **(post or {}))
         used = used or p
         t0 = time.perf_counter()
@@ -211,8 +216,12 @@ def eval_command(arch, weights: str, data: str, images: Optional[int], out: Opti
     model, _n = load_weights(weights, arch, val.info.num_classes)
     model = model.to(info.device)
     n = len(val) if images is None else min(images, len(val))
+    from hyctas_dsl.jobs.fps import default_channels_last
+
+    cl = default_channels_last(info.device)
     res = evaluate_panoptic(model, val, val.source.things, list(range(n)), info.device, samples=samples if out else 0,
-                            progress=not quiet, post=post)
+                            progress=not quiet, post=post, channels_last=cl)
+    typer.echo(f"layout: {'channels-last' if cl else 'contiguous'}")
     typer.echo(format_pq_table(res))
     if out:
         paths = save_panoptic_eval(res, val.info, out, f"{arch.name}: PQ {100 * res.pq.all['pq']:.1f}%")
@@ -251,18 +260,23 @@ class _PostOnly(nn.Module):
 
 
 def bench_panoptic(model: nn.Module, size: tuple[int, int], device, things, seconds: float = 6.0, warmup: float = 1.0,
-                   params: PostProcess | None = None):
+                   params: PostProcess | None = None, channels_last: bool = False):
     """Latencies (network, post-processing, network + post-processing) at batch 1, each
-    measured as :func:`hyctas_dsl.jobs.latency.measure_latency` does, in turns."""
+    measured as :func:`hyctas_dsl.jobs.latency.measure_latency` does, in turns; the network
+    in the memory layout ``channels_last`` says (the protocol line names it)."""
     from hyctas_dsl.jobs.latency import measure_latency
 
     model = model.eval().to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     p = params or PostProcess.for_size(*size)
     with torch.inference_mode():
         x = torch.randn(1, 3, *size, device=device, generator=None)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         outs = as_outputs(model(x))
-    parts = [model, _PostOnly(outs, things, p), _FullInference(model, things, p)]
-    return [measure_latency(m, size, device, torch.float32, warmup, seconds) for m in parts]
+    parts = [(model, channels_last), (_PostOnly(outs, things, p), False), (_FullInference(model, things, p), channels_last)]
+    return [measure_latency(m, size, device, torch.float32, warmup, seconds, channels_last=cl) for m, cl in parts]
 
 
 @torch.no_grad()
