@@ -334,3 +334,19 @@ def test_missing_inputs_of_a_job_are_one_line(tmp_path, args, message):
     out = ["--emit-dsl" if args[0] == "search" else "--out", str(tmp_path / "out")]
     r = CliRunner().invoke(_cli(), [*args, *out, "-q"])
     assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_a_run_that_fails_before_writing_leaves_nothing_it_made(space_file, tmp_path):
+    """Bad data fails before the first checkpoint: no directory, no lock file left behind
+    (a directory the user made stays, empty)."""
+    from hyctas_dsl.data import DataError
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(DataError):
+        train_supernet(cfg(space_file, fresh, data="cityscapes:" + str(tmp_path / "missing")), progress=False)
+    assert not fresh.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(DataError):
+        train_supernet(cfg(space_file, mine, data="cityscapes:" + str(tmp_path / "missing")), progress=False)
+    assert mine.is_dir() and not any(mine.iterdir())

@@ -283,3 +283,13 @@ def test_a_run_from_before_an_option_existed_resumes_as_it_trained(space_file, t
         train_supernet(cfg(space_file, out, steps=6, output_stride_aux=0.5), resume=True, progress=False)
     train_supernet(cfg(space_file, out, steps=6), resume=True, progress=False)
     assert weights(out)
+
+
+def test_output_stride_aux_needs_two_output_strides(tmp_path):
+    from hyctas_dsl.jobs.errors import ConfigError
+
+    one = tmp_path / "one.hy"
+    one.write_text(TINY_SPACE.replace("output_strides 8 4", "output_strides 8"))
+    with pytest.raises(ConfigError, match="offers one"):
+        train_supernet(cfg(str(one), tmp_path / "run", output_stride_aux=1.0), progress=False)
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made

@@ -93,6 +93,7 @@ class RunDir:
         self.log_path = self.out / LOG
         self.saved_step: Optional[int] = None
         self._lock_fd: Optional[int] = None
+        self._created = self._lock_created = False
 
     # ---- opening: the path, the lock, litter
 
@@ -109,6 +110,8 @@ class RunDir:
         if not self.main:
             return self
         try:
+            self._created = not self.out.exists()
+            self._lock_created = not (self.out / LOCK).exists()
             self.out.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -129,6 +132,15 @@ class RunDir:
 
     def close(self) -> None:
         if self._lock_fd is not None:
+            # A run that failed before writing anything leaves nothing it made behind: its
+            # lock file, and its directory if it made that (removed while still locked).
+            try:
+                if self._lock_created and [p.name for p in self.out.iterdir()] == [LOCK]:
+                    (self.out / LOCK).unlink()
+                    if self._created:
+                        self.out.rmdir()
+            except OSError:
+                pass  # best effort: the run's own error is what the user needs to see
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None

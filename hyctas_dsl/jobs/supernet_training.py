@@ -41,7 +41,7 @@ from hyctas_dsl.jobs.common import (
     step_loader,
 )
 from hyctas_dsl.jobs.config import SupernetConfig
-from hyctas_dsl.jobs.errors import ResumeMismatch, TrainingDiverged
+from hyctas_dsl.jobs.errors import ConfigError, ResumeMismatch, TrainingDiverged
 from hyctas_dsl.jobs.rundir import CHECKPOINT, RunDir
 from hyctas_dsl.jobs.schemes import step_subnets, train_step
 
@@ -70,6 +70,11 @@ def _lr(cfg: SupernetConfig, step: int) -> float:
 def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = True) -> SupernetResult:
     """Train a supernet as configured; returns where it was written."""
     cfg = cfg.resolved()
+    if cfg.output_stride_aux > 0:  # checked before the run directory is touched
+        space = resolve_space(cfg.space)
+        if len(space.output_strides) < 2:
+            raise ConfigError(f"--output-stride-aux trains the head at a second output stride, but space `{space.name}` "
+                              f"offers one ({space.output_strides[0]})")
     info = dist.init(cfg.device)
     with RunDir(cfg.out, "train-supernet", FORMAT, finals=(SUPERNET,), main=info.is_main) as run:
         return _train(cfg, run, info, resume, progress)
