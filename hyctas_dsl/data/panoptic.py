@@ -355,36 +355,16 @@ def panoptic_train_transform(transform):
     """The semantic :class:`~hyctas_dsl.data.transforms.TrainTransform` applied to the
     panoptic id map: the same random draws, nearest-neighbour resampling of the ids, padding
     with void. Returns a callable (image, pan, rng) -> (image float32 [3, H, W], pan int64)."""
-    from hyctas_dsl.data.transforms import normalize
+
+    def resize_ids(pan: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        # nearest neighbour as PIL picks it, on the index grid (ids are never blended, and
+        # exceed PIL's 8-bit label images)
+        (h, w), (sh, sw) = pan.shape[:2], size
+        ys = np.minimum(((np.arange(sh) + 0.5) * h / sh).astype(np.int64), h - 1)
+        xs = np.minimum(((np.arange(sw) + 0.5) * w / sw).astype(np.int64), w - 1)
+        return np.asarray(pan)[ys[:, None], xs[None, :]]
 
     def apply(image: np.ndarray, pan: np.ndarray, rng: np.random.Generator):
-        from PIL import Image
-
-        lo, hi = transform.scale_range
-        s = float(rng.uniform(lo, hi))
-        if transform.scale_step:
-            s = min(lo + round((s - lo) / transform.scale_step) * transform.scale_step, hi)
-        h, w = image.shape[:2]
-        sh, sw = max(int(round(h * s)), 1), max(int(round(w * s)), 1)
-        if (sh, sw) != (h, w):
-            image = np.asarray(Image.fromarray(image).resize((sw, sh), Image.BILINEAR))
-            # nearest neighbour as PIL picks it, on the index grid (ids are never blended)
-            ys = np.minimum(((np.arange(sh) + 0.5) * h / sh).astype(np.int64), h - 1)
-            xs = np.minimum(((np.arange(sw) + 0.5) * w / sw).astype(np.int64), w - 1)
-            pan = np.asarray(pan)[ys[:, None], xs[None, :]]
-        ch, cw = transform.crop
-        y0 = int(rng.integers(0, max(sh, ch) - ch + 1))
-        x0 = int(rng.integers(0, max(sw, cw) - cw + 1))
-        flip = bool(transform.hflip and rng.random() < 0.5)
-        img_out = np.zeros((3, ch, cw), np.float32)
-        pan_out = np.full((ch, cw), VOID, np.int64)
-        part = image[y0 : y0 + ch, x0 : x0 + cw]
-        ph, pw = part.shape[:2]
-        img_out[:, :ph, :pw] = normalize(part, transform.mean, transform.std)
-        pan_out[:ph, :pw] = np.asarray(pan)[y0 : y0 + ch, x0 : x0 + cw]
-        if flip:
-            img_out = np.ascontiguousarray(img_out[:, :, ::-1])
-            pan_out = np.ascontiguousarray(pan_out[:, ::-1])
-        return img_out, pan_out
+        return transform.apply(image, np.asarray(pan), rng, resize_ids, VOID)
 
     return apply

@@ -48,8 +48,15 @@ def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> 
     if (h, w) == image.shape[:2]:
         return image, label
     img = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-    lab = np.asarray(Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8)).resize((w, h), Image.NEAREST))
-    return img, lab
+    return img, _resize_nearest(label, size)
+
+
+def _resize_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A class-id map (uint8 range) resized to ``size`` (H, W), nearest neighbour."""
+    from PIL import Image
+
+    h, w = size
+    return np.asarray(Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8)).resize((w, h), Image.NEAREST))
 
 
 @dataclass(frozen=True)
@@ -73,13 +80,24 @@ class TrainTransform:
         return cls(crop=tuple(crop or info.crop), mean=info.mean, std=info.std, ignore_index=info.ignore_index, **kw)
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return self.apply(image, label, rng, _resize_nearest, self.ignore_index)
+
+    def apply(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator, resize_label,
+              fill: int) -> tuple[np.ndarray, np.ndarray]:
+        """The augmentation with the label's own resampling (``resize_label(label, (H, W))``)
+        and padding value: the random draws are the same whatever the label is (class ids
+        here, panoptic ids in ``data.panoptic``)."""
+        from PIL import Image
+
         lo, hi = self.scale_range
         s = float(rng.uniform(lo, hi))
         if self.scale_step:
             s = min(lo + round((s - lo) / self.scale_step) * self.scale_step, hi)
         h, w = image.shape[:2]
         sh, sw = max(int(round(h * s)), 1), max(int(round(w * s)), 1)
-        image, label = resize_pair(image, label, (sh, sw))
+        if (sh, sw) != (h, w):
+            image = np.asarray(Image.fromarray(image).resize((sw, sh), Image.BILINEAR))
+            label = resize_label(label, (sh, sw))
 
         ch, cw = self.crop
         # Pad bottom/right to at least the crop, then crop uniformly in the padded frame.
@@ -87,11 +105,11 @@ class TrainTransform:
         x0 = int(rng.integers(0, max(sw, cw) - cw + 1))
         flip = bool(self.hflip and rng.random() < 0.5)
         img_out = np.zeros((3, ch, cw), np.float32)
-        lab_out = np.full((ch, cw), self.ignore_index, np.int64)
+        lab_out = np.full((ch, cw), fill, np.int64)
         part_img = image[y0 : y0 + ch, x0 : x0 + cw]
         ph, pw = part_img.shape[:2]
         img_out[:, :ph, :pw] = normalize(part_img, self.mean, self.std)
-        lab_out[:ph, :pw] = label[y0 : y0 + ch, x0 : x0 + cw]
+        lab_out[:ph, :pw] = np.asarray(label)[y0 : y0 + ch, x0 : x0 + cw]
         if flip:
             img_out = np.ascontiguousarray(img_out[:, :, ::-1])
             lab_out = np.ascontiguousarray(lab_out[:, ::-1])
