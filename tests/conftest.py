@@ -26,6 +26,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks gain nothing from threads, and lose a lot on a shared 2-core machine.
+    Modules that train take it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch  # here, not at the top: the front end's tests run without torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 # The test modules that need the [train] extra (torch, safetensors, scikit-learn's digits).

@@ -24,18 +24,11 @@ from hyctas_dsl.jobs.dataset_eval import evaluate, predict
 
 from tests.test_retrain import DATA, TINY
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 OTHER = TINY.replace("arch tiny {", "arch other {").replace("    3 zconv2 w12\n", "    3 conv w12\n")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks gain nothing from threads, and lose a lot on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _app() -> typer.Typer:

@@ -23,7 +23,8 @@ from hyctas_dsl.jobs.errors import ResumeMismatch
 from hyctas_dsl.jobs.retrain import RetrainNet, drop_path_at, ohem_loss, poly_lr, train
 from tests.conftest import free_port
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 # Strides 8/16 only: at 32x32 inputs a stride-32 zconv would see a 1x1 map.
 TINY = """hyctas 1
@@ -58,14 +59,6 @@ arch tiny {
 """
 DATA = "digits:size=32,train=32,val=16"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks gain nothing from threads, and lose a lot on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -24,17 +24,11 @@ from hyctas_dsl.jobs.supernet_training import train_supernet
 from tests.conftest import IN_CI, ROOT
 from tests.test_supernet_train import TINY_SPACE, space_file  # noqa: F401 - the fixture
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 DATA = "digits:size=32,train=24,val=8"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def cfg(space_file, out, **kw):

@@ -236,6 +236,15 @@ class _Builder:
         self.anchors: list[tuple[int, int, tuple]] = []
 
     # -- helpers
+    def complete(self, fields: dict, required: tuple[str, ...], what: str, at: Token, hint: str) -> bool:
+        """Whether a block has every required field and each parsed (HY007 names what is
+        missing; a field that failed to parse already has its own error)."""
+        missing = [k for k in required if k not in fields]
+        if missing:
+            self.error("HY007", f"{what} is missing {_join_and(missing)}", at, hint)
+            return False
+        return all(v is not None for v in fields.values())
+
     def error(self, code: str, message: str, at: Token | Tree | Span | None, hint: str | None = None) -> None:
         span = at if isinstance(at, Span) or at is None else _span_of(at)
         self.diagnostics.append(Diagnostic(code, message, span, hint))
@@ -349,16 +358,7 @@ class _Builder:
                     continue
                 fields[key] = MemoryLimit(bytes=int(total), batch=b, crop=(h, w), span=_span_of(item))
         required = ("filters", "layers", "strides", "ops", "widths", "branch_prior", "heads", "output_strides")
-        missing = [k for k in required if k not in fields]
-        if missing:
-            self.error(
-                "HY007",
-                f"space `{name}` is missing {_join_and(missing)}",
-                name_tok,
-                "see archs/paper_space.hy for a complete space",
-            )
-            return None
-        if any(v is None for v in fields.values()):
+        if not self.complete(fields, required, f"space `{name}`", name_tok, "see archs/paper_space.hy for a complete space"):
             return None
         return Space(name=name, span=_span_of(tree), spans=spans, **fields)
 
@@ -421,16 +421,8 @@ class _Builder:
                     self.error("HY006", f"arch `{name}` has two `meta` blocks", item, "merge them into one")
                     continue
                 meta = self.meta(item, name)
-        missing = [k for k in ("filters", "layers", "head") if k not in fields]
-        if missing:
-            self.error(
-                "HY007",
-                f"arch `{name}` is missing {_join_and(missing)}",
-                name_tok,
-                "an arch needs `filters`, `layers`, `head` and at least one `branch`",
-            )
-            return None
-        if any(v is None for v in fields.values()):
+        if not self.complete(fields, ("filters", "layers", "head"), f"arch `{name}`", name_tok,
+                             "an arch needs `filters`, `layers`, `head` and at least one `branch`"):
             return None
         return Arch(
             name=name,
