@@ -528,7 +528,7 @@ def test_supernet_and_search_optimise_pq(tmp_path):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train_supernet(SupernetConfig(space=str(tmp_path / "space.hy"), data=data, steps=2, batch=4, out=str(tmp_path / "sn")),
+        train_supernet(SupernetConfig(space=str(tmp_path / "space.hy"), data=data, steps=2, batch=4, procs=1, out=str(tmp_path / "sn")),
                        progress=False)
         cfg = SearchConfig(supernet=str(tmp_path / "sn"), data=data, metric="pq", branches=[1], population=2, generations=1,
                            bn_images=4, val_images=8, objective="params", out=str(tmp_path / "search"))
@@ -540,7 +540,7 @@ def test_supernet_and_search_optimise_pq(tmp_path):
         assert "pq" in header and "miou" in header
         # PQ needs a panoptic supernet
         (tmp_path / "semantic.hy").write_text(space.replace("  task panoptic\n", ""))
-        train_supernet(SupernetConfig(space=str(tmp_path / "semantic.hy"), data=data, steps=1, batch=4,
+        train_supernet(SupernetConfig(space=str(tmp_path / "semantic.hy"), data=data, steps=1, batch=4, procs=1,
                                       out=str(tmp_path / "sn2")), progress=False)
         with pytest.raises(ConfigError, match="needs a panoptic supernet"):
             search(cfg.model_copy(update={"supernet": str(tmp_path / "sn2"), "out": str(tmp_path / "s2")}), progress=False)

@@ -32,7 +32,7 @@ DATA = "digits:size=32,train=24,val=8"
 
 
 def cfg(space_file, out, **kw):
-    base = dict(space=space_file, data=DATA, out=str(out), steps=4, batch=4, checkpoint_every=2, seed=5, lr=0.01)
+    base = dict(space=space_file, data=DATA, out=str(out), steps=4, batch=4, checkpoint_every=2, seed=5, lr=0.01, procs=1)
     base.update(kw)
     return SupernetConfig(**base)
 

@@ -26,7 +26,7 @@ def supernet_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("sn")
     space = d / "tiny.hy"
     space.write_text(TINY_SPACE)
-    train_supernet(SupernetConfig(space=str(space), data=DATA, out=str(d / "run"), steps=4, batch=4), progress=False)
+    train_supernet(SupernetConfig(space=str(space), data=DATA, out=str(d / "run"), steps=4, batch=4, procs=1), progress=False)
     return d / "run"
 
 

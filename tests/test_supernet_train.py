@@ -38,7 +38,7 @@ def space_file(tmp_path):
 
 
 def cfg(space_file, out, **kw):
-    base = dict(space=space_file, data=DATA, out=str(out), steps=6, batch=4, checkpoint_every=3, seed=3, lr=0.01)
+    base = dict(space=space_file, data=DATA, out=str(out), steps=6, batch=4, checkpoint_every=3, seed=3, lr=0.01, procs=1)
     base.update(kw)
     return SupernetConfig(**base)
 
@@ -293,3 +293,88 @@ def test_output_stride_aux_needs_two_output_strides(tmp_path):
     with pytest.raises(ConfigError, match="offers one"):
         train_supernet(cfg(str(one), tmp_path / "run", output_stride_aux=1.0), progress=False)
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
+
+
+# ---------------------------------------------------------------- several processes, one subnet each
+
+
+def test_each_rank_draws_its_own_subnet_and_balance_runs_over_ranks():
+    from hyctas_dsl.jobs.schemes import step_subnets
+
+    space = _space()
+    own = SupernetConfig(scheme="paper", branch_balance=True, subnet_per_rank=True, seed=2)
+    same = own.model_copy(update={"subnet_per_rank": False})
+    keys = {r: [hy_key(step_subnets(space, own, k, r, 2)[0].arch) for k in range(6)] for r in (0, 1)}
+    assert all(a != b for a, b in zip(keys[0], keys[1]))
+    # the branch counts take turns over every subnet of every step: 1, 2, 1, 2, ...
+    counts = [len(step_subnets(space, own, k, r, 2)[0].arch.branches) for k in range(4) for r in (0, 1)]
+    assert counts == [1 + i % 2 for i in range(8)]
+    # without it, every rank trains the step's one subnet, the one a single process trains
+    for k in range(3):
+        one = hy_key(step_subnets(space, same, k)[0].arch)
+        assert one == hy_key(step_subnets(space, same, k, 1, 2)[0].arch) == hy_key(step_subnets(space, own, k)[0].arch)
+    # resume samples the same ones: a pure function of (seed, step, rank)
+    assert keys[1][3] == hy_key(step_subnets(space, own, 3, 1, 2)[0].arch)
+
+
+def _sum_gradients_in_two_processes():
+    from hyctas_dsl.jobs import dist
+
+    info = dist.init("cpu")
+    params = [torch.nn.Parameter(torch.zeros(3)) for _ in range(3)]
+    params[0].grad = torch.full((3,), 1.0 + info.rank)  # both ranks touch it
+    if info.rank == 1:
+        params[1].grad = torch.full((3,), 5.0)  # only rank 1 does
+    dist.sum_gradients(params, info)  # params[2]: nobody
+    return [None if p.grad is None else p.grad.tolist() for p in params], info.world
+
+
+def test_sum_gradients_adds_touched_ones_and_leaves_untouched_ones_without_gradient():
+    from hyctas_dsl.jobs import dist
+
+    grads, world = dist.launch(2, _sum_gradients_in_two_processes)
+    assert world == 2
+    assert grads == [[3.0] * 3, [5.0] * 3, None]  # rank 0's view: rank 1's gradient arrived, p2 stays skipped
+
+
+def test_procs_trains_one_subnet_per_process_and_resumes_exactly(space_file, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train_supernet(cfg(space_file, straight, steps=4, checkpoint_every=2, procs=2), progress=False)
+    train_supernet(cfg(space_file, split, steps=2, checkpoint_every=2, procs=2), progress=False)
+    train_supernet(cfg(space_file, split, steps=4, checkpoint_every=2, procs=2), resume=True, progress=False)
+    a, b = weights(straight), weights(split)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    saved = json.loads((straight / "config.json").read_text())
+    assert saved["world_size"] == 2 and saved["config"]["procs"] == 2 and saved["config"]["subnet_per_rank"] is True
+    # the cells that moved are exactly those of the subnets both ranks drew
+    from hyctas_dsl.compiler.lower import lower
+    from hyctas_dsl.jobs.schemes import step_subnets
+
+    init = tmp_path / "init"
+    train_supernet(cfg(space_file, init, steps=1, procs=1, lr=1e-30), progress=False)
+    w0 = weights(init)
+    c = cfg(space_file, straight, procs=2).resolved()
+    drawn = {r: {n.key for k in range(4) for sub in step_subnets(_space(), c, k, r, 2)
+                 for n in lower(sub.arch, 11).nodes if n.kind == "cell"} for r in (0, 1)}
+    # skips left out: a skip's projection runs only where its subnet changes the width
+    weighted = {k.split(".")[1] for k in weighted_keys(a)}
+    moved = {k.split(".")[1] for k in weighted_keys(a) if not torch.allclose(a[k], w0[k])}
+    assert moved == (drawn[0] | drawn[1]) & weighted
+    assert (drawn[1] - drawn[0]) & weighted  # rank 1's own subnets were trained
+
+
+def weighted_keys(w):
+    return [k for k in w if k.startswith("cells.") and k.endswith("weight") and not k.split(".")[1].endswith("_skip")]
+
+
+def test_a_mistake_in_a_launched_process_is_raised_as_it_was(space_file, tmp_path, monkeypatch):
+    from hyctas_dsl.data.base import DataError
+    from hyctas_dsl.jobs.errors import ConfigError
+
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match="missing"):
+        train_supernet(cfg(space_file, out, data="cityscapes:" + str(tmp_path / "missing"), procs=2), progress=False)
+    assert not out.exists()  # nothing half-made
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="torchrun started 2 processes"):
+        train_supernet(cfg(space_file, out, procs=3), progress=False)

