@@ -13,6 +13,7 @@ definition, cheaply enough to build one per training step (see its docstring).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import linecache
 import re
@@ -38,16 +39,18 @@ _MODULES: dict[str, types.ModuleType] = {}
 def load_source(src: str, name: str = "net") -> types.ModuleType:
     """Execute generated source as a module (cached by content)."""
     digest = hashlib.sha1(src.encode()).hexdigest()[:16]
-    if digest in _MODULES:
-        return _MODULES[digest]
-    modname = f"hyctas_generated_{re.sub(r'[^A-Za-z0-9_]', '_', name)}_{digest}"
+    if digest not in _MODULES:
+        _MODULES[digest] = _execute(src, f"hyctas_generated_{re.sub(r'[^A-Za-z0-9_]', '_', name)}_{digest}")
+    return _MODULES[digest]
+
+
+def _execute(src: str, modname: str) -> types.ModuleType:
     filename = f"<hyctas-generated {modname}>"
     mod = types.ModuleType(modname)
     mod.__file__ = filename
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     sys.modules[modname] = mod
     exec(compile(src, filename, "exec"), mod.__dict__)
-    _MODULES[digest] = mod
     return mod
 
 
@@ -105,7 +108,9 @@ def export(arch: Arch, supernet=None, classes: int | None = None) -> nn.Module:
 # - each node's module is a structural copy of a template built once per constructor call
 #   (``NodePlan.ctor()``, the very expression of the node's line in ``Net.__init__``), its
 #   parameters and buffers already removed. Copies share no mutable state (module dicts,
-#   hook dicts, lists are copied), so two live views never interfere.
+#   hook dicts, lists are copied), so two live views never interfere;
+# - a template miss runs the op's own __init__, with its nn.Conv2d / BatchNorm2d copied from
+#   cached ones (``_Leaves``): the first few hundred views of a run are mostly misses.
 
 
 class _LRU(OrderedDict):
@@ -146,6 +151,14 @@ class _Template(NamedTuple):
     params: tuple[SkeletonTensor, ...]
     buffers: tuple[SkeletonTensor, ...]
 
+    @staticmethod
+    def of(module: nn.Module, params=(), buffers=()) -> "_Template":
+        modules = tuple(
+            (tuple(name.split(".")) if name else (), m, tuple(k for k, v in m.__dict__.items() if isinstance(v, (dict, list, set))))
+            for name, m in module.named_modules(remove_duplicate=False)
+        )
+        return _Template(modules, params, buffers)
+
     def copy(self) -> dict[tuple[str, ...], nn.Module]:
         """A structural copy, by path (``()`` is the node's module): new objects of the same
         classes whose mutable attributes (submodule, parameter and hook dicts) are copies,
@@ -164,15 +177,41 @@ class _Template(NamedTuple):
         return out
 
 
+class _Leaves:
+    """``nn`` as the views' op library sees it: ``nn.Conv2d`` and ``nn.BatchNorm2d`` are
+    copies of cached meta-device instances (constructing one runs ``__init__`` and
+    ``reset_parameters``, ~0.1 ms; a copy takes a few microseconds), everything else is
+    ``torch.nn``. Only template construction calls them (a template miss costs ~3x less);
+    the copies share their meta tensors, which the template then removes from its copy."""
+
+    def __getattr__(self, name: str):
+        return getattr(nn, name)
+
+    @staticmethod
+    def Conv2d(*args, **kwargs) -> nn.Conv2d:
+        return _LEAVES.fetch(("Conv2d", args, tuple(kwargs.items())), lambda: _Template.of(nn.Conv2d(*args, **kwargs))).copy()[()]
+
+    @staticmethod
+    def BatchNorm2d(*args, **kwargs) -> nn.BatchNorm2d:
+        return _LEAVES.fetch(("BatchNorm2d", args, tuple(kwargs.items())), lambda: _Template.of(nn.BatchNorm2d(*args, **kwargs))).copy()[()]
+
+
+@functools.cache
 def _ops_namespace() -> dict:
-    return load_source(ops_source(), "ops").__dict__
+    """The op library as views run it: ``ops_source`` executed once, in a module of its own
+    whose global ``nn`` is then :class:`_Leaves` (its classes already derive from the real
+    ``nn.Module``; no forward uses ``nn``)."""
+    ns = _execute(ops_source(), "hyctas_generated_view_ops").__dict__
+    ns["nn"] = _Leaves()
+    return ns
 
 
 def _make_template(ctor: str, classes: int) -> _Template:
     with torch.device("meta"):
         module = eval(ctor, _ops_namespace(), {"classes": classes})  # the node's own line of Net.__init__
     found: dict[bool, list[SkeletonTensor]] = {True: [], False: []}
-    for is_param, named in ((True, module.named_parameters()), (False, module.named_buffers())):
+    # every occurrence: copies of one cached leaf share its meta tensors
+    for is_param, named in ((True, module.named_parameters(remove_duplicate=False)), (False, module.named_buffers(remove_duplicate=False))):
         for name, t in list(named):
             path, _, leaf = name.rpartition(".")
             found[is_param].append(SkeletonTensor(name, tuple(path.split(".")) if path else (), leaf, tuple(t.shape), is_param))
@@ -181,11 +220,7 @@ def _make_template(ctor: str, classes: int) -> _Template:
         owner._parameters.pop(spec.leaf, None)
         owner._buffers.pop(spec.leaf, None)
         owner.__dict__[spec.leaf] = None  # a plain attribute, bound to a slice at each forward
-    modules = tuple(
-        (tuple(name.split(".")) if name else (), m, tuple(k for k, v in m.__dict__.items() if isinstance(v, (dict, list, set))))
-        for name, m in module.named_modules(remove_duplicate=False)
-    )
-    return _Template(modules, tuple(found[True]), tuple(found[False]))
+    return _Template.of(module, tuple(found[True]), tuple(found[False]))
 
 
 def _view_class(forward: tuple[str, ...]) -> type[nn.Module]:
@@ -200,6 +235,7 @@ def _view_class(forward: tuple[str, ...]) -> type[nn.Module]:
 
 
 _TEMPLATES = _LRU(4096)
+_LEAVES = _LRU(4096)
 _VIEW_CLASSES = _LRU(2048, evict=lambda cls: linecache.cache.pop(cls.forward.__code__.co_filename, None))
 
 

@@ -36,6 +36,7 @@ def test_view_trains_exactly_like_its_export(seed):
     arch = random_arch(100 + seed, filters=[2, 4][seed % 2])
     model = export(arch, sn).train()  # a copy of the slices, taken before the view runs
     view = sn.subnet(arch).train()
+    assert not list(view.net.parameters()) and not list(view.net.buffers())  # tensors come from the supernet
     x = torch.randn(2, 3, 40, 56)
     sn.zero_grad(set_to_none=True)
     out_view = view(x)
