@@ -2,7 +2,7 @@
 step, this checkout against the commit before views were built from cached pieces, side by
 side in one run, one thread, on the embedded digits space (classes 11).
 
-    .venv/bin/python bench/bench_view_build.py                 # 3 rounds, ~2 minutes
+    .venv/bin/python bench/bench_view_build.py                 # 3 rounds, ~3 minutes on 2 shared cores
     .venv/bin/python bench/bench_view_build.py --rounds 1 --warm 200 --steps 50
 
 The old code is not kept in the package: the baseline is extracted from git (``--baseline``,
@@ -15,7 +15,9 @@ training scheme's ``step_subnets``, seed 0):
 * view, warm: the ``--archs`` archs after ``--warm`` more were built (caches as in training);
 * training step: sample + build + forward + backward + AdamW of one subnet on a batch of
   ``--batch`` random 64x64 images (the digits' crop; same cost as real ones), measured
-  after the view measurements, with its parts.
+  after the view measurements, with its parts;
+* memory held: what ``--memory`` more views (of new archs) leave allocated, per view
+  (``tracemalloc``; the views themselves are dropped): caches and generated modules.
 
 Printed: median and p90 per side (of all rounds' samples), the spread of the per-round
 medians in brackets, and old / new of the medians.
@@ -24,6 +26,7 @@ medians in brackets, and old / new of the medians.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +80,15 @@ def worker(args) -> None:
         for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
             parts[k].append(v)
     out = {"cold": builds[: args.archs], "warm": builds[-args.archs:], **parts}
-    json.dump({"compiler": compiler.__file__, **{k: [1e3 * v for v in vs] for k, vs in out.items()}}, sys.stdout)
+    out = {k: [1e3 * v for v in vs] for k, vs in out.items()}
+    # memory that building views leaves behind (caches, generated modules), per view
+    gc.collect()
+    tracemalloc.start()
+    for step in range(2 * first, 2 * first + args.memory):
+        supernet.subnet(step_subnets(space, cfg, step)[0].arch)
+    gc.collect()
+    out["memory"] = [tracemalloc.get_traced_memory()[0] / args.memory / 1e3]
+    json.dump({"compiler": compiler.__file__, **out}, sys.stdout)
 
 
 def baseline_rev() -> str:
@@ -107,7 +119,7 @@ def run_side(args, pythonpath: Path | None) -> dict:
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     cmd = [sys.executable, __file__, "--worker", "--archs", str(args.archs), "--warm", str(args.warm),
-           "--steps", str(args.steps), "--batch", str(args.batch)]
+           "--steps", str(args.steps), "--batch", str(args.batch), "--memory", str(args.memory)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"bench_view_build: worker failed:\n{out.stderr[-3000:]}")
@@ -125,6 +137,7 @@ def main() -> int:
     ap.add_argument("--warm", type=int, default=600, help="views built between the cold and the warm phase")
     ap.add_argument("--steps", type=int, default=100, help="training steps timed")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--memory", type=int, default=300, help="views built to measure the memory they leave behind")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -133,7 +146,7 @@ def main() -> int:
         return 0
     rev = args.baseline or baseline_rev()
     short = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    rows = ("cold", "warm", "step", "sample", "build", "forward+backward", "optimizer")
+    rows = ("cold", "warm", "step", "sample", "build", "forward+backward", "optimizer", "memory")
     got: dict[str, list[dict]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory(prefix="hyctas-viewbuild-") as tmp:
         old_pkg = extract(rev, Path(tmp))
@@ -146,7 +159,8 @@ def main() -> int:
             print(f"round {r + 1}/{args.rounds}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
     label = {"cold": f"view, cold (first {args.archs} archs)", "warm": f"view, warm ({args.archs} after {args.warm} more)",
              "step": f"training step, batch {args.batch}", "sample": "  of which: sample", "build": "            build",
-             "forward+backward": "            forward + backward", "optimizer": "            AdamW step"}
+             "forward+backward": "            forward + backward", "optimizer": "            AdamW step",
+             "memory": f"KB held per view built ({args.memory} views)"}
     print(f"ms, one thread; old = {short}, new = this checkout; {args.rounds} round(s), median / p90 [spread of round medians]")
     print(f"{'':40} {'old':>28} {'new':>28} {'old/new':>8}")
     for k in rows:
@@ -155,7 +169,8 @@ def main() -> int:
             pooled = [v for run in got[side] for v in run[k]]
             per_round = [statistics.median(run[k]) for run in got[side]]
             medians[side] = statistics.median(pooled)
-            cells.append(f"{medians[side]:6.2f} / {p90(pooled):6.2f} [{min(per_round):5.2f}-{max(per_round):5.2f}]")
+            tail = f"{p90(pooled):6.2f}" if len(pooled) > 1 else "     -"
+            cells.append(f"{medians[side]:6.2f} / {tail} [{min(per_round):5.2f}-{max(per_round):5.2f}]")
         print(f"{label[k]:40} {cells[0]:>28} {cells[1]:>28} {medians['old'] / medians['new']:8.2f}")
     return 0
 
