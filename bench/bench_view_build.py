@@ -93,9 +93,9 @@ def worker(args) -> None:
 
 def baseline_rev() -> str:
     out = subprocess.run(["git", "log", "-1", "--format=%H", "-S", "def view_skeleton", "--", "compiler/build.py"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+                         cwd=ROOT, capture_output=True, text=True).stdout.strip()
     if not out:
-        raise SystemExit("bench_view_build: no commit adds view_skeleton to compiler/build.py; give --baseline REV")
+        raise SystemExit("bench_view_build: needs a git checkout with the commit that added view_skeleton to compiler/build.py, or --baseline REV")
     return out + "^"
 
 
@@ -145,7 +145,9 @@ def main() -> int:
         worker(args)
         return 0
     rev = args.baseline or baseline_rev()
-    short = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    short = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    if not short:
+        raise SystemExit(f"bench_view_build: unknown git revision {rev!r}")
     rows = ("cold", "warm", "step", "sample", "build", "forward+backward", "optimizer", "memory")
     got: dict[str, list[dict]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory(prefix="hyctas-viewbuild-") as tmp:
