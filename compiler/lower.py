@@ -23,7 +23,7 @@ from hyctas_dsl.model.graph import HEAD, STEM, build_graph, topo_cells
 from hyctas_dsl.language.op_table import attn_bottleneck, resolved_args
 from hyctas_dsl.language.printer import dumps
 
-__all__ = ["NodePlan", "Plan", "lower", "python_source", "cell_key", "fusion_key", "head_key", "OP_CLASS"]
+__all__ = ["NodePlan", "Plan", "lower", "python_source", "forward_source", "cell_key", "fusion_key", "head_key", "OP_CLASS"]
 
 OP_CLASS = {"skip": "Skip", "conv": "Conv", "zconv": "ZConv", "zconv2": "ZConv2", "attn": "Attn"}
 
@@ -165,6 +165,14 @@ def lower(arch: Arch, classes: int = 19) -> Plan:
     return Plan(arch, classes, g, nodes, fwd)
 
 
+def forward_source(plan: Plan) -> list[str]:
+    """The lines of ``Net.forward`` (indented as in the class). It names the nodes and their
+    wiring, not widths or ops, so archs of the same shape share it (subnet views compile it
+    once per text)."""
+    ret = "Tuple[Tensor, Tensor, Tensor]" if plan.arch.task == "panoptic" else "Tensor"
+    return [f"    def forward(self, x: Tensor) -> {ret}:", *("        " + ln for ln in plan.forward)]
+
+
 def python_source(plan: Plan, ops_src: str, header: str = "") -> str:
     """A self-contained Python module defining ``Net`` (torch only) for ``plan``."""
     arch = plan.arch
@@ -194,9 +202,7 @@ def python_source(plan: Plan, ops_src: str, header: str = "") -> str:
     for n in plan.nodes:
         lines.append(f"        # {n.comment}" if n.comment else "")
         lines.append(f"        self.{n.attr} = {n.ctor()}")
-    ret = "Tuple[Tensor, Tensor, Tensor]" if arch.task == "panoptic" else "Tensor"
-    lines += ["", f"    def forward(self, x: Tensor) -> {ret}:"]
-    lines += ["        " + ln for ln in plan.forward]
+    lines += ["", *forward_source(plan)]
     lines += [
         "",
         "",

@@ -333,7 +333,7 @@ class SubnetView(nn.Module):
 
     def __init__(self, supernet: Supernet, arch: Arch):
         super().__init__()
-        from hyctas_dsl.compiler.build import network_class
+        from hyctas_dsl.compiler.build import view_skeleton
 
         plan = lower(arch, supernet.classes)
         self.arch = arch
@@ -341,27 +341,22 @@ class SubnetView(nn.Module):
         self.plan: Plan = plan
         self.graph = plan.graph
         self.classes = supernet.classes
-        self.ops = nn.ModuleDict({n.attr: supernet.module_for(n.kind, n.key) for n in plan.nodes})
-        with torch.device("meta"):
-            net = network_class(plan)(supernet.classes)
-        # The skeleton is not registered (its tensors are not the view's parameters). Each of
-        # its parameter and buffer slots is unregistered and, at every forward, bound in the
-        # module's __dict__ to the slice of the supernet tensor: plain attribute look-ups,
+        owners = {n.attr: supernet.module_for(n.kind, n.key) for n in plan.nodes}
+        self.ops = nn.ModuleDict(owners)
+        # The skeleton (the arch's generated network without tensors) is not registered: its
+        # tensors are not the view's parameters. Each of its parameter and buffer slots is,
+        # at every forward, bound in its module's __dict__ to the slice of the supernet
+        # tensor at the same place in the node's supernet module: plain attribute look-ups,
         # no per-call re-parametrisation (torch.func.functional_call costs ~5 ms a call).
+        net, tensors = view_skeleton(plan)
         self.__dict__["net"] = net
-        by_attr = plan.by_attr()
+        cls = {n.attr: n.cls for n in plan.nodes}
         self._slots: list[_Slot] = []
-        for name, t in itertools.chain(list(net.named_parameters()), list(net.named_buffers())):
-            attr, local = name.split(".", 1)
-            owner_path, leaf = local.rsplit(".", 1)
-            owner = self.ops[attr].get_submodule(owner_path)
-            skel = net.get_submodule(name.rsplit(".", 1)[0])
-            is_param = leaf in skel._parameters
-            self._slots.append(_Slot(name, skel, owner, leaf, tuple(t.shape), slice_groups(by_attr[attr].cls, local), is_param))
-        for slot in self._slots:
-            slot.skel._parameters.pop(slot.leaf, None)
-            slot.skel._buffers.pop(slot.leaf, None)
-            slot.skel.__dict__[slot.leaf] = None
+        for attr, skel, t in tensors:
+            owner = owners[attr]
+            for part in t.path:
+                owner = owner._modules[part]
+            self._slots.append(_Slot(f"{attr}.{t.name}", skel, owner, t.leaf, t.shape, slice_groups(cls[attr], t.name), t.is_param))
 
     def _bind(self) -> None:
         # Without autograd (evaluation, search) a slice is reused while its supernet tensor is
