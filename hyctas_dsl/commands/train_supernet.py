@@ -11,13 +11,14 @@ from hyctas_dsl.jobs.config import SupernetConfig
 
 SUPERNET_HELP = """Train a weight-sharing supernet: one subnet sampled per step with the branch
 prior of eq. 2, SGD (momentum 0.9, weight decay 5e-4), lr 0.02 decaying by 0.992 (the paper);
-on the embedded digits the default is AdamW at lr 0.003 with the branch counts in turn, which
-learns in a CPU demo's minutes. Every head shares one classifier (--per-head-classifier for
+on the embedded digits the default is AdamW at lr 0.003 with the branch counts in turn, in two
+processes that each train their own subnet per step (--procs, --subnet-per-rank), which
+learns the cells in a CPU demo's minutes. Every head shares one classifier (--per-head-classifier for
 one each); --scheme sandwich trains the largest, the smallest and random subnets each step
 (BigNAS), --distill teaching the small ones with the largest one's predictions.
 
 \b
-  hyctas train-supernet                          # the embedded digits demo (a few minutes)
+  hyctas train-supernet                          # the embedded digits demo (~6 min on 2 cores)
   hyctas train-supernet --steps 2000 --out runs/sn
   hyctas train-supernet --out runs/sn --resume   # continue exactly where it stopped
   hyctas train-supernet --procs 2                # two processes, one subnet each per step

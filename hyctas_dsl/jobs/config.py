@@ -69,7 +69,10 @@ class SupernetConfig(_Config):
     out: str = Field("runs/supernet", description="output directory")
     # Sized for the embedded digits: each of the six heads and every op position must see
     # enough steps; at 600 steps every subnet still predicted background (measured).
-    steps: int = Field(3000, ge=1, description="training steps, one sampled subnet each")
+    # The cells learn once each gets enough updates: 3000 steps of one subnet left them at
+    # initialisation (the stem carried every score); 12000 steps of two subnets (one per
+    # process, batch 8 each) learn them in ~5.5 minutes on 2 cores (docs/search_quality.md).
+    steps: int = Field(12000, ge=1, description="training steps, one sampled subnet each per process (--subnet-per-rank)")
     batch: int = Field(16, ge=1, description="global batch (the paper: 16)")
     crop: Optional[tuple[Pixels, Pixels]] = Field(None, description="training crop HxW (default: the dataset's)")
     optimizer: Optional[Literal["sgd", "adamw"]] = Field(
@@ -77,7 +80,7 @@ class SupernetConfig(_Config):
     )
     lr: Optional[float] = Field(None, gt=0, description="initial learning rate; default: 0.02 for sgd (the paper), 0.003 for adamw")
     lr_decay: float = Field(0.992, gt=0, le=1, description="exponential decay factor (the paper: 0.992)")
-    decay_every: int = Field(30, ge=1, description="steps between two decays (lr x0.992 each)")
+    decay_every: int = Field(120, ge=1, description="steps between two decays (lr x0.992 each)")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     scheme: Optional[Literal["paper", "sandwich"]] = Field(

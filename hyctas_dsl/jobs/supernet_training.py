@@ -18,10 +18,13 @@ Resuming is exact: the subnet of step k is sampled from (seed, k) and the batch 
 pure function of (seed, k) (``common.step_batch``), so an interrupted and resumed run ends
 with the same weights as an uninterrupted one.
 
-Under torchrun every rank samples the same subnet and takes every world-th sample of the
-step's global batch; gradients are summed over ranks with all_reduce (the loss is normalised
-by the global count of labelled pixels), which is what DistributedDataParallel does, written
-out because each step runs a different subnet of the shared weights.
+Several processes (``--procs N``, started here through torch elastic, or torchrun around the
+command): each rank takes every world-th sample of the step's global batch. With
+``subnet_per_rank`` (the default on the embedded digits) each rank trains its own sampled
+subnet, so a step trains N subnets; otherwise every rank trains the same one, as
+DistributedDataParallel would. Gradients are summed over ranks (``dist.sum_gradients``: one
+flat all_reduce of the parameters some rank touched; the loss is normalised by the global
+count of labelled pixels), written out because each rank runs a different graph.
 """
 
 from __future__ import annotations
