@@ -306,9 +306,9 @@ def test_each_rank_draws_its_own_subnet_and_balance_runs_over_ranks():
     same = own.model_copy(update={"subnet_per_rank": False})
     keys = {r: [hy_key(step_subnets(space, own, k, r, 2)[0].arch) for k in range(6)] for r in (0, 1)}
     assert all(a != b for a, b in zip(keys[0], keys[1]))
-    # the branch counts take turns over every subnet of every step: 1, 2, 1, 2, ...
+    # the branch counts take turns over the steps, every rank of a step drawing the same count
     counts = [len(step_subnets(space, own, k, r, 2)[0].arch.branches) for k in range(4) for r in (0, 1)]
-    assert counts == [1 + i % 2 for i in range(8)]
+    assert counts == [1, 1, 2, 2, 1, 1, 2, 2]
     # without it, every rank trains the step's one subnet, the one a single process trains
     for k in range(3):
         one = hy_key(step_subnets(space, same, k)[0].arch)
@@ -325,15 +325,15 @@ def _sum_gradients_in_two_processes():
     params[0].grad = torch.full((3,), 1.0 + info.rank)  # both ranks touch it
     if info.rank == 1:
         params[1].grad = torch.full((3,), 5.0)  # only rank 1 does
-    dist.sum_gradients(params, info)  # params[2]: nobody
-    return [None if p.grad is None else p.grad.tolist() for p in params], info.world
+    loss = dist.sum_gradients(params, info, torch.tensor(0.5 + info.rank))  # params[2]: nobody
+    return [None if p.grad is None else p.grad.tolist() for p in params], info.world, float(loss)
 
 
 def test_sum_gradients_adds_touched_ones_and_leaves_untouched_ones_without_gradient():
     from hyctas_dsl.jobs import dist
 
-    grads, world = dist.launch(2, _sum_gradients_in_two_processes)
-    assert world == 2
+    grads, world, loss = dist.launch(2, _sum_gradients_in_two_processes)
+    assert world == 2 and loss == 2.0
     assert grads == [[3.0] * 3, [5.0] * 3, None]  # rank 0's view: rank 1's gradient arrived, p2 stays skipped
 
 

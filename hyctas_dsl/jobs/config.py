@@ -70,9 +70,9 @@ class SupernetConfig(_Config):
     # Sized for the embedded digits: each of the six heads and every op position must see
     # enough steps; at 600 steps every subnet still predicted background (measured).
     # The cells learn once each gets enough updates: 3000 steps of one subnet left them at
-    # initialisation (the stem carried every score); 12000 steps of two subnets (one per
-    # process, batch 8 each) learn them in ~5.5 minutes on 2 cores (docs/search_quality.md).
-    steps: int = Field(12000, ge=1, description="training steps, one sampled subnet each per process (--subnet-per-rank)")
+    # initialisation (the stem carried every score); 10000 steps of two subnets (one per
+    # process, batch 8 each) learn them in ~6.5 minutes on 2 cores (docs/search_quality.md).
+    steps: int = Field(10000, ge=1, description="training steps, one sampled subnet each per process (--subnet-per-rank)")
     batch: int = Field(16, ge=1, description="global batch (the paper: 16)")
     crop: Optional[tuple[Pixels, Pixels]] = Field(None, description="training crop HxW (default: the dataset's)")
     optimizer: Optional[Literal["sgd", "adamw"]] = Field(
@@ -80,7 +80,7 @@ class SupernetConfig(_Config):
     )
     lr: Optional[float] = Field(None, gt=0, description="initial learning rate; default: 0.02 for sgd (the paper), 0.003 for adamw")
     lr_decay: float = Field(0.992, gt=0, le=1, description="exponential decay factor (the paper: 0.992)")
-    decay_every: int = Field(120, ge=1, description="steps between two decays (lr x0.992 each)")
+    decay_every: int = Field(100, ge=1, description="steps between two decays (lr x0.992 each)")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     scheme: Optional[Literal["paper", "sandwich"]] = Field(
@@ -110,8 +110,8 @@ class SupernetConfig(_Config):
         True, description="every head's stride-4 merge and classifier are one module (false: one per head)"
     )
     seed: int = Field(0, ge=0, description="seeds numpy generators, which take no negative seeds")
-    # a checkpoint of the digits supernet with its AdamW moments is 82 MB and 0.3 s to check
-    # and write: every 100 steps took 6% of the demo's training
+    # a checkpoint of the digits supernet with its AdamW moments is 82 MB and 0.22-0.35 s to
+    # check and write: every 100 steps would cost the demo ~30 s
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     workers: Optional[int] = Field(None, ge=0, le=64, description="DataLoader workers (default: 0 for in-memory digits, else 2)")
     device: str = "auto"

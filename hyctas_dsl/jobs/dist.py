@@ -8,6 +8,7 @@ launcher), so that a command can use a machine's cores without a launcher in fro
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -72,38 +73,61 @@ def launch(procs: int, fn: Callable[..., Any], *args: Any) -> Any:
     (torch elastic, as ``torchrun --standalone --nproc-per-node procs`` would), each with an
     equal share of the cores; returns rank 0's result.
 
-    An exception raised in a process is raised here as it was (the lowest rank's, preferring
-    one that is not a broken connection: when one rank stops on a user's mistake, the others
-    fail in their next collective), its traceback attached as a note, so the caller reports a
-    user's mistake as one line whether or not it ran in several processes.
+    When a process raises, it leaves the exception for this one and exits, and the launcher
+    stops the others (which would otherwise wait in their next collective for a rank that
+    is gone). The exception is raised here as it was (the lowest rank's, preferring one that
+    is not a broken connection), its traceback attached as a note, so a user's mistake is
+    reported as one line whether or not it happened in several processes.
     """
     import logging
+    import pickle
+    import tempfile
     import uuid
+    from pathlib import Path
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)  # no agent chatter
+    # the launcher's own records of a failed process: the exception is reported here instead
+    for name in ("torch.distributed.elastic", "torch.multiprocessing"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     threads = max(1, (os.cpu_count() or 1) // procs)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=procs, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
                           monitor_interval=0.1, start_method="spawn")
-    results = elastic_launch(config, _launched)(fn, threads, args)
-    errors = [results[r][1] for r in sorted(results) if results[r][0] == "error"]
-    if errors:
-        errors.sort(key=_is_connection_error)  # stable: lowest rank first within each kind
-        raise errors[0]
-    return results[0][1]
+    with tempfile.TemporaryDirectory(prefix="hyctas-launch-") as errors_dir:
+        try:
+            return elastic_launch(config, _launched)(fn, threads, errors_dir, args)[0]
+        except SignalException:
+            raise KeyboardInterrupt from None  # Ctrl-C reached every process
+        except ChildFailedError:
+            # written by this call's own processes a moment ago
+            found = [pickle.loads(f.read_bytes()) for f in sorted(Path(errors_dir).glob("*.pickle"), key=lambda f: int(f.stem))]
+            if not found:
+                raise  # a process died without raising (killed, out of memory): the launcher's report
+            found.sort(key=_is_connection_error)  # stable: lowest rank first within each kind
+            raise found[0] from None
 
 
-def _launched(fn: Callable[..., Any], threads: int, args: tuple) -> tuple[str, Any]:
+def _launched(fn: Callable[..., Any], threads: int, errors_dir: str, args: tuple) -> Any:
+    import pickle
     import traceback
 
     torch.set_num_threads(threads)
     try:
-        return ("ok", fn(*args))
+        return fn(*args)
     except Exception as e:  # noqa: BLE001 - carried to the launching process, which raises it
         e.add_note("in a launched process:\n" + "".join(traceback.format_exception(e)))
-        return ("error", e)
+        rank = os.environ.get("RANK", "0")
+        try:
+            data = pickle.dumps(e)
+        except Exception:  # noqa: BLE001 - an exception that does not pickle arrives as text
+            data = pickle.dumps(RuntimeError("".join(traceback.format_exception(e))))
+        with open(os.path.join(errors_dir, f"{rank}.pickle"), "wb") as f:
+            f.write(data)
+        sys.stderr.flush()
+        os._exit(1)  # a failed process: the launcher stops the others
     finally:
         shutdown()
 
@@ -136,8 +160,9 @@ def split(items: list, info: DistInfo) -> list:
     return items[info.rank :: info.world]
 
 
-def sum_gradients(params: list[torch.Tensor], info: DistInfo) -> None:
-    """Sum the gradients of ``params`` over the ranks, in place.
+def sum_gradients(params: list[torch.Tensor], info: DistInfo, loss: torch.Tensor) -> torch.Tensor:
+    """Sum the gradients of ``params`` over the ranks, in place, and return the sum of the
+    ranks' ``loss`` (a scalar, carried in the same message).
 
     A supernet step touches a few percent of the supernet's weights (the sampled subnets'
     cells), and under ``subnet_per_rank`` each rank touches different ones. A parameter no
@@ -148,13 +173,13 @@ def sum_gradients(params: list[torch.Tensor], info: DistInfo) -> None:
     cannot do this, as it needs every rank to run the same graph.
     """
     if not info.enabled:
-        return
+        return loss
     touched = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8, device=info.device)
     dist.all_reduce(touched, op=dist.ReduceOp.MAX)
     used = [p for p, t in zip(params, touched.tolist()) if t]
-    if not used:
-        return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in used])
+    flat = torch.cat([loss.detach().reshape(1).to(torch.float32)]
+                     + [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in used])
     dist.all_reduce(flat)
-    for p, g in zip(used, flat.split([p.numel() for p in used])):
+    for p, g in zip(used, flat[1:].split([p.numel() for p in used])):
         p.grad = g.view_as(p)
+    return flat[0]

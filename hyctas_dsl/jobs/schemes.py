@@ -24,7 +24,9 @@ step, rank), so a step trains one subnet per rank, each on that rank's share of 
 their gradients summed into one optimizer step. Under the weight sharing, a cell's weights
 learn only in the steps whose subnet uses that cell; W subnets per step give every cell W
 times the updates for the cost of one step on each of W cores (measured in
-docs/search_quality.md). Branch balance then cycles over (step, rank).
+docs/search_quality.md). Under branch balance every rank of a step draws the same branch
+count: the ranks' subnets then cost about the same, and neither waits long for the other at
+the gradient sum (with counts cycling over (step, rank) the waits were a sixth of a step).
 
 Everything a step trains is a pure function of (seed, step, rank), so resuming stays exact.
 """
@@ -55,17 +57,15 @@ def step_subnets(space: Space, cfg, step: int, rank: int = 0, world: int = 1) ->
 
     own = bool(getattr(cfg, "subnet_per_rank", False)) and world > 1
     rng = np.random.default_rng([cfg.seed, step, rank] if own else [cfg.seed, step])
-    # the branch-balance cycle runs over every subnet the step trains, on every rank
-    slot = step * world + rank if own else step
     if cfg.scheme == "paper":
-        n = _balanced(space, slot, 0, 1) if cfg.branch_balance else None
+        n = _balanced(space, step, 0, 1) if cfg.branch_balance else None
         return [StepSubnet("random", sample_arch(space, rng, n_branches=n, name=f"step{step}" + (f"_rank{rank}" if own else "")))]
     out = [
         StepSubnet("largest", sample_extreme(space, rng, largest=True, name=f"step{step}_largest")),
         StepSubnet("smallest", sample_extreme(space, rng, largest=False, name=f"step{step}_smallest")),
     ]
     for i in range(cfg.random_subnets):
-        n = _balanced(space, slot, i, cfg.random_subnets) if cfg.branch_balance else None
+        n = _balanced(space, step, i, cfg.random_subnets) if cfg.branch_balance else None
         out.append(StepSubnet("random", sample_arch(space, rng, n_branches=n, name=f"step{step}_random{i}")))
     return out
 

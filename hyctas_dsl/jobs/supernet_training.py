@@ -23,8 +23,9 @@ command): each rank takes every world-th sample of the step's global batch. With
 ``subnet_per_rank`` (the default on the embedded digits) each rank trains its own sampled
 subnet, so a step trains N subnets; otherwise every rank trains the same one, as
 DistributedDataParallel would. Gradients are summed over ranks (``dist.sum_gradients``: one
-flat all_reduce of the parameters some rank touched; the loss is normalised by the global
-count of labelled pixels), written out because each rank runs a different graph.
+flat all_reduce of the parameters some rank touched, each rank's loss its mean over its
+labelled pixels divided by the world size), written out because each rank runs a different
+graph.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as torch_dist
 
 from hyctas_dsl.jobs import dist
 from hyctas_dsl.jobs.common import (
@@ -143,19 +143,15 @@ def _train(cfg: SupernetConfig, run: RunDir, info: dist.DistInfo, resume: bool, 
         if panoptic:
             targets = panoptic_targets(y, train_set.source.things)
             y = targets.semantic
-        labelled = float((y != 255).sum())
-        if info.enabled:
-            t = torch.tensor([labelled], device=info.device)
-            torch_dist.all_reduce(t)
-            labelled = float(t.item())
+        # each rank's loss is its own mean over labelled pixels, divided by the world size, so
+        # that the summed gradients are the mean over ranks (what DistributedDataParallel does)
+        labelled = float((y != 255).sum()) * info.world
         for group in optimizer.param_groups:
             group["lr"] = _lr(cfg, step)
         optimizer.zero_grad(set_to_none=True)
         loss_sum = train_step(supernet, subnets, x, y, labelled, cfg.distill,
                               targets if panoptic else None, info.world, cfg.output_stride_aux)
-        if info.enabled:
-            torch_dist.all_reduce(loss_sum)
-            dist.sum_gradients(params, info)
+        loss_sum = dist.sum_gradients(params, info, loss_sum)  # and the loss, in the same message
         loss_value = float(loss_sum.item())
         run.check_loss(loss_value, step, cfg.lr)
         optimizer.step()
