@@ -148,13 +148,13 @@ def test_search_trains_its_supernet_from_the_config_table(tmp_path):
     --supernet given as well it is an error, not silently ignored."""
     (tmp_path / "tiny.hy").write_text(TINY_SPACE)
     conf = tmp_path / "c.toml"
-    conf.write_text(f'[supernet]\nspace = "{tmp_path / "tiny.hy"}"\nsteps = 2\nbatch = 2\nscheme = "sandwich"\n'
+    conf.write_text(f'[supernet]\nspace = "{tmp_path / "tiny.hy"}"\nsteps = 2\nbatch = 2\nscheme = "sandwich"\nprocs = 1\n'
                     '[search]\nobjective = "flops"\nbranches = [1]\npopulation = 2\ngenerations = 1\n'
                     f'bn_images = 4\nval_images = 4\ndata = "{DATA}"\n')
     r = hyctas("search", "--config", str(conf), "--emit-dsl", str(tmp_path / "out"), "--quiet")
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "out" / "supernet" / "config.json").read_text())["config"]
-    assert (rec["steps"], rec["batch"], rec["scheme"]) == (2, 2, "sandwich")
+    assert (rec["steps"], rec["batch"], rec["scheme"], rec["procs"]) == (2, 2, "sandwich", 1)
     r = hyctas("search", "--config", str(conf), "--supernet", str(tmp_path / "out" / "supernet"),
                "--emit-dsl", str(tmp_path / "out2"), "--quiet")
     assert r.returncode == 2 and "[supernet]" in r.stderr

@@ -375,6 +375,9 @@ def test_a_mistake_in_a_launched_process_is_raised_as_it_was(space_file, tmp_pat
     with pytest.raises(DataError, match="missing"):
         train_supernet(cfg(space_file, out, data="cityscapes:" + str(tmp_path / "missing"), procs=2), progress=False)
     assert not out.exists()  # nothing half-made
+    with pytest.raises(ConfigError, match="fewer than 2 images per process"):  # BatchNorm would fail mid-run
+        train_supernet(cfg(space_file, out, batch=2, procs=2), progress=False)
+    assert not out.exists()
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="torchrun started 2 processes"):
         train_supernet(cfg(space_file, out, procs=3), progress=False)

@@ -81,6 +81,9 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     cfg = cfg.resolved()
     cfg = cfg.model_copy(update={"procs": int(world) if world is not None else cfg.procs or _default_procs(cfg)})
     # checked before any process starts or the run directory is touched
+    if cfg.batch < 2 * cfg.procs:  # BatchNorm in training needs 2 values per channel
+        raise ConfigError(f"--batch {cfg.batch} over {cfg.procs} process(es) leaves fewer than 2 images per process; "
+                          f"BatchNorm needs 2 or more: use --batch {2 * cfg.procs} or more" + (", or --procs 1" if cfg.procs > 1 else ""))
     space = resolve_space(cfg.space)
     if cfg.output_stride_aux > 0 and len(space.output_strides) < 2:
         raise ConfigError(f"--output-stride-aux trains the head at a second output stride, but space `{space.name}` "
