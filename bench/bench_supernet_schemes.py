@@ -75,7 +75,8 @@ def main() -> int:
     rows = []
     for name in names:
         out = tmp / name
-        base = SupernetConfig(out=str(out), data=args.data, seed=args.seed, **SCHEMES[name]).resolved()
+        # one process, so that schemes compare step for step (--threads sets its threads)
+        base = SupernetConfig(out=str(out), data=args.data, seed=args.seed, procs=1, **SCHEMES[name]).resolved()
         if args.steps:
             steps = args.steps
         else:  # the budget in steps: time 20 steps of this scheme, then fill the minutes
