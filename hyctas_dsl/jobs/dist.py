@@ -80,6 +80,20 @@ def launch(procs: int, fn: Callable[..., Any], *args: Any) -> Any:
     reported as one line whether or not it happened in several processes.
     """
     import logging
+
+    # the launcher's own records of a failed process: the exception is reported here instead
+    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        return _launch(procs, fn, args)
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _launch(procs: int, fn: Callable[..., Any], args: tuple) -> Any:
     import pickle
     import tempfile
     import uuid
@@ -89,9 +103,6 @@ def launch(procs: int, fn: Callable[..., Any], *args: Any) -> Any:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    # the launcher's own records of a failed process: the exception is reported here instead
-    for name in ("torch.distributed.elastic", "torch.multiprocessing"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
     threads = max(1, (os.cpu_count() or 1) // procs)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=procs, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
@@ -112,9 +123,19 @@ def launch(procs: int, fn: Callable[..., Any], *args: Any) -> Any:
 
 def _launched(fn: Callable[..., Any], threads: int, errors_dir: str, args: tuple) -> Any:
     import pickle
+    import signal
     import traceback
 
     torch.set_num_threads(threads)
+    # Ctrl-C reaches every process, and the launcher passes it on once more: the first one
+    # stops the work (the run directory unwinds as in one process; torch's process wrapper
+    # takes the KeyboardInterrupt quietly), the second is ignored instead of interrupting
+    # that unwinding; the launching process says what happened
+    def interrupted(_sig, _frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
     try:
         return fn(*args)
     except Exception as e:  # noqa: BLE001 - carried to the launching process, which raises it
@@ -126,6 +147,7 @@ def _launched(fn: Callable[..., Any], threads: int, errors_dir: str, args: tuple
             data = pickle.dumps(RuntimeError("".join(traceback.format_exception(e))))
         with open(os.path.join(errors_dir, f"{rank}.pickle"), "wb") as f:
             f.write(data)
+        sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)  # a failed process: the launcher stops the others
     finally:
