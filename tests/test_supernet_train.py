@@ -381,3 +381,18 @@ def test_a_mistake_in_a_launched_process_is_raised_as_it_was(space_file, tmp_pat
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="torchrun started 2 processes"):
         train_supernet(cfg(space_file, out, procs=3), progress=False)
+
+
+def test_resume_keeps_the_processes_the_run_used(space_file, tmp_path):
+    """--procs left out on --resume: the run continues with its own number of processes (a
+    run from before --procs recorded only its world size), whatever this machine's default."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train_supernet(cfg(space_file, straight, steps=4, checkpoint_every=2), progress=False)
+    train_supernet(cfg(space_file, split, steps=2, checkpoint_every=2), progress=False)
+    record = json.loads((split / "config.json").read_text())
+    del record["config"]["procs"], record["config"]["subnet_per_rank"]  # as a run from before the options
+    (split / "config.json").write_text(json.dumps(record))
+    train_supernet(cfg(space_file, split, steps=4, checkpoint_every=2, procs=None), resume=True, progress=False)
+    a, b = weights(straight), weights(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((split / "config.json").read_text())["config"]["procs"] == 1

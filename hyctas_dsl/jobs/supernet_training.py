@@ -79,7 +79,8 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     if world is not None and cfg.procs not in (None, int(world)):
         raise ConfigError(f"--procs {cfg.procs}: torchrun started {world} processes; leave --procs out under torchrun")
     cfg = cfg.resolved()
-    cfg = cfg.model_copy(update={"procs": int(world) if world is not None else cfg.procs or _default_procs(cfg)})
+    procs = int(world) if world is not None else cfg.procs or (_saved_procs(cfg) if resume else None) or _default_procs(cfg)
+    cfg = cfg.model_copy(update={"procs": procs})
     # checked before any process starts or the run directory is touched
     if cfg.batch < 2 * cfg.procs:  # BatchNorm in training needs 2 values per channel
         raise ConfigError(f"--batch {cfg.batch} over {cfg.procs} process(es) leaves fewer than 2 images per process; "
@@ -91,6 +92,18 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     if world is None and cfg.procs > 1:
         return dist.launch(cfg.procs, _train_in_process, cfg, resume, progress)
     return _train_in_process(cfg, resume, progress)
+
+
+def _saved_procs(cfg: SupernetConfig) -> int | None:
+    """The processes a run being resumed used (its saved world size: runs from before
+    ``--procs`` record only that), so that it continues as it trained on any machine."""
+    import json
+
+    try:
+        saved = json.loads((Path(cfg.out) / "config.json").read_text(encoding="utf-8"))
+        return int(saved["config"].get("procs") or saved["world_size"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # no readable record: the run directory's own checks report it
 
 
 def _default_procs(cfg: SupernetConfig) -> int:
