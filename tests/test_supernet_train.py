@@ -389,9 +389,19 @@ def test_resume_keeps_the_processes_the_run_used(space_file, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train_supernet(cfg(space_file, straight, steps=4, checkpoint_every=2), progress=False)
     train_supernet(cfg(space_file, split, steps=2, checkpoint_every=2), progress=False)
+    # as a run from before the options: neither its record nor its checkpoint names them
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     record = json.loads((split / "config.json").read_text())
-    del record["config"]["procs"], record["config"]["subnet_per_rank"]  # as a run from before the options
+    del record["config"]["procs"], record["config"]["subnet_per_rank"]
     (split / "config.json").write_text(json.dumps(record))
+    ck = split / "checkpoint.safetensors"
+    with safe_open(str(ck), "pt") as f:
+        meta = f.metadata()
+    saved = json.loads(meta["config"])
+    del saved["procs"], saved["subnet_per_rank"]
+    save_file(load_file(str(ck)), str(ck), metadata={**meta, "config": json.dumps(saved)})
     train_supernet(cfg(space_file, split, steps=4, checkpoint_every=2, procs=None), resume=True, progress=False)
     a, b = weights(straight), weights(split)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd (the paper) | adamw [default: sgd; adamw on the embedded digits]."),
         lr: Optional[float] = typer.Option(None, "--lr", help="Initial learning rate [default: 0.02 for sgd, 0.003 for adamw]."),
         lr_decay: Optional[float] = typer.Option(None, "--lr-decay", help=f"Exponential decay {default_help(SupernetConfig, 'lr_decay')}."),
-        decay_every: Optional[int] = typer.Option(None, "--decay-every", help=f"Steps per decay {default_help(SupernetConfig, 'decay_every')}."),
+        decay_every: Optional[int] = typer.Option(None, "--decay-every", help="Steps per decay [default: 100 on the embedded digits, else 30]."),
         seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of subnets, data order and init {default_help(SupernetConfig, 'seed')}."),
         checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help=f"Steps between checkpoints {default_help(SupernetConfig, 'checkpoint_every')}."),
         workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers [default: 0 for digits, else 2]."),

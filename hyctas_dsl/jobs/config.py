@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Any, ClassVar, Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -80,7 +80,9 @@ class SupernetConfig(_Config):
     )
     lr: Optional[float] = Field(None, gt=0, description="initial learning rate; default: 0.02 for sgd (the paper), 0.003 for adamw")
     lr_decay: float = Field(0.992, gt=0, le=1, description="exponential decay factor (the paper: 0.992)")
-    decay_every: int = Field(100, ge=1, description="steps between two decays (lr x0.992 each)")
+    decay_every: Optional[int] = Field(
+        None, ge=1, description="steps between two decays (lr x0.992 each); default: 100 on the embedded digits, else 30"
+    )
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     scheme: Optional[Literal["paper", "sandwich"]] = Field(
@@ -117,6 +119,9 @@ class SupernetConfig(_Config):
     device: str = "auto"
 
 
+    # What runs from before an option existed did, for resuming them exactly.
+    LEGACY: ClassVar[dict[str, Any]] = {"procs": 1, "subnet_per_rank": False}
+
     def resolved(self) -> "SupernetConfig":
         """Fill the data-dependent defaults. The paper's SGD at lr 0.02 needs far more than a
         CPU demo's few minutes to lift a supernet above predicting background on the digit
@@ -133,8 +138,11 @@ class SupernetConfig(_Config):
         balance = self.branch_balance if self.branch_balance is not None else digits
         aux = self.output_stride_aux if self.output_stride_aux is not None else 0.0
         per_rank = self.subnet_per_rank if self.subnet_per_rank is not None else digits
+        # the digits' 10000 steps decay as the demo's 3000 did every 30: the same lr curve, stretched
+        decay_every = self.decay_every or (100 if digits else 30)
         return self.model_copy(update={"optimizer": opt, "lr": lr, "scheme": scheme, "distill": distill, "branch_balance": balance,
-                                       "output_stride_aux": aux, "subnet_per_rank": per_rank})
+                                       "output_stride_aux": aux, "subnet_per_rank": per_rank,
+                                       "decay_every": decay_every})
 
 
 class SearchConfig(_Config):

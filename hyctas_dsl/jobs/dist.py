@@ -80,10 +80,14 @@ def launch(procs: int, fn: Callable[..., Any], *args: Any) -> Any:
     reported as one line whether or not it happened in several processes.
     """
     import logging
+    import signal
 
     # the launcher's own records of a failed process: the exception is reported here instead
     loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
     levels = [lg.level for lg in loggers]
+    # the launcher installs its own handlers (they raise its SignalException) and leaves them
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None), getattr(signal, "SIGQUIT", None)) if s]
+    handlers = [signal.getsignal(s) for s in signals]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
     try:
@@ -91,6 +95,8 @@ def launch(procs: int, fn: Callable[..., Any], *args: Any) -> Any:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+        for s, h in zip(signals, handlers):
+            signal.signal(s, h)
 
 
 def _launch(procs: int, fn: Callable[..., Any], args: tuple) -> Any:
@@ -99,24 +105,33 @@ def _launch(procs: int, fn: Callable[..., Any], args: tuple) -> Any:
     import uuid
     from pathlib import Path
 
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    threads = max(1, (os.cpu_count() or 1) // procs)
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=procs, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-                          monitor_interval=0.1, start_method="spawn")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // procs)
     with tempfile.TemporaryDirectory(prefix="hyctas-launch-") as errors_dir:
+        config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=procs, run_id=str(uuid.uuid4()),
+                              rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+                              monitor_interval=0.1, start_method="spawn",
+                              logs_specs=DefaultLogsSpecs(log_dir=os.path.join(errors_dir, "logs")))  # removed with it
         try:
             return elastic_launch(config, _launched)(fn, threads, errors_dir, args)[0]
         except SignalException:
             raise KeyboardInterrupt from None  # Ctrl-C reached every process
-        except ChildFailedError:
-            # written by this call's own processes a moment ago
-            found = [pickle.loads(f.read_bytes()) for f in sorted(Path(errors_dir).glob("*.pickle"), key=lambda f: int(f.stem))]
-            if not found:
-                raise  # a process died without raising (killed, out of memory): the launcher's report
+        except ChildFailedError as failed:
+            found = []
+            for f in sorted(Path(errors_dir).glob("*.pickle"), key=lambda f: int(f.stem)):
+                try:  # written by this call's own processes a moment ago
+                    found.append(pickle.loads(f.read_bytes()))
+                except Exception:  # noqa: BLE001 - one that could not finish writing
+                    continue
+            if not found:  # a process died without raising: killed, or out of memory
+                rank, why = next(iter(failed.failures.items()))
+                raise JobError(f"training process {rank} stopped with exit code {why.exitcode} without an error "
+                               "(killed, or out of memory?); the last checkpoint is kept (use --resume)") from None
             found.sort(key=_is_connection_error)  # stable: lowest rank first within each kind
             raise found[0] from None
 
@@ -136,6 +151,9 @@ def _launched(fn: Callable[..., Any], threads: int, errors_dir: str, args: tuple
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, interrupted)
+    # stopped by the launcher because another process failed: unwind (the run directory
+    # removes what it made) instead of dying where it stands
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     try:
         return fn(*args)
     except Exception as e:  # noqa: BLE001 - carried to the launching process, which raises it
@@ -143,10 +161,13 @@ def _launched(fn: Callable[..., Any], threads: int, errors_dir: str, args: tuple
         rank = os.environ.get("RANK", "0")
         try:
             data = pickle.dumps(e)
-        except Exception:  # noqa: BLE001 - an exception that does not pickle arrives as text
+            pickle.loads(data)  # some exceptions pickle but do not rebuild
+        except Exception:  # noqa: BLE001 - such an exception arrives as its text
             data = pickle.dumps(RuntimeError("".join(traceback.format_exception(e))))
-        with open(os.path.join(errors_dir, f"{rank}.pickle"), "wb") as f:
+        tmp = os.path.join(errors_dir, f".{rank}.part")
+        with open(tmp, "wb") as f:
             f.write(data)
+        os.replace(tmp, os.path.join(errors_dir, f"{rank}.pickle"))  # whole, or not there
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)  # a failed process: the launcher stops the others

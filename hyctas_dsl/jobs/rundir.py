@@ -228,7 +228,8 @@ class RunDir:
                 fields = type(cfg).model_fields
                 old = type(cfg).model_validate({k: v for k, v in saved.items() if k in fields})
                 old = old.resolved() if hasattr(old, "resolved") else old
-                saved = {**saved, **{k: old.model_dump(mode="json")[k] for k in missing}}
+                legacy = getattr(type(cfg), "LEGACY", {})
+                saved = {**saved, **{k: legacy.get(k, old.model_dump(mode="json")[k]) for k in missing}}
             except ValueError:
                 pass  # not a config this program can read: every missing option counts as changed
         changed = sorted(k for k, v in now.items() if k not in resumable and saved.get(k) != v)

@@ -78,13 +78,20 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     world = os.environ.get("WORLD_SIZE")
     if world is not None and cfg.procs not in (None, int(world)):
         raise ConfigError(f"--procs {cfg.procs}: torchrun started {world} processes; leave --procs out under torchrun")
+    per_rank_given = cfg.subnet_per_rank is not None
     cfg = cfg.resolved()
     procs = int(world) if world is not None else cfg.procs or (_saved_procs(cfg) if resume else None) or _default_procs(cfg)
     cfg = cfg.model_copy(update={"procs": procs})
+    if procs == 1 and not per_rank_given:  # one process has no ranks to differ: recorded as runs before the option
+        cfg = cfg.model_copy(update={"subnet_per_rank": False})
     # checked before any process starts or the run directory is touched
-    if cfg.batch < 2 * cfg.procs:  # BatchNorm in training needs 2 values per channel
-        raise ConfigError(f"--batch {cfg.batch} over {cfg.procs} process(es) leaves fewer than 2 images per process; "
-                          f"BatchNorm needs 2 or more: use --batch {2 * cfg.procs} or more" + (", or --procs 1" if cfg.procs > 1 else ""))
+    if cfg.procs > 1 and cfg.batch < 2 * cfg.procs:  # BatchNorm on a 1x1 map needs 2 images
+        raise ConfigError(f"--batch {cfg.batch} over {cfg.procs} processes leaves fewer than 2 images per process; "
+                          f"use --batch {2 * cfg.procs} or more, or --procs 1")
+    dev = dist.resolve_device(cfg.device)
+    if world is None and dev.type != "cpu" and cfg.procs > (torch.cuda.device_count() if dev.type == "cuda" else 1):
+        raise ConfigError(f"--procs {cfg.procs} on {dev.type}: one process per device, and this machine has "
+                          f"{torch.cuda.device_count() if dev.type == 'cuda' else 1}")
     space = resolve_space(cfg.space)
     if cfg.output_stride_aux > 0 and len(space.output_strides) < 2:
         raise ConfigError(f"--output-stride-aux trains the head at a second output stride, but space `{space.name}` "

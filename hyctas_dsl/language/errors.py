@@ -139,6 +139,11 @@ class HyctasError(Exception):
     def __str__(self) -> str:
         return self.render()
 
+    def __reduce__(self):
+        # rebuilt from its diagnostics (the default would pass the headline as them), with
+        # its attributes (notes): it crosses process boundaries (``--procs``)
+        return (type(self), (self.diagnostics,), self.__dict__)
+
 
 def render(diagnostics: Iterable[Diagnostic]) -> str:
     return "\n\n".join(d.render() for d in diagnostics)
