@@ -21,9 +21,9 @@ stride-4 feature otherwise lets the classifier ignore; measured in docs/search_q
 
 ``subnet_per_rank`` (with several processes): each rank draws its own subnets from (seed,
 step, rank), so a step trains one subnet per rank, each on that rank's share of the batch,
-their gradients averaged into one optimizer step (as DistributedDataParallel averages). Under the weight sharing, a cell's weights
-learn only in the steps whose subnet uses that cell; W subnets per step give every cell W
-times the updates for the cost of one step on each of W cores (measured in
+their gradients averaged into one optimizer step (as DistributedDataParallel averages).
+Under the weight sharing, a cell's weights learn only in the steps whose subnet uses that
+cell; W subnets per step give every cell W times the updates for the cost of one step on each of W cores (measured in
 docs/search_quality.md). Under branch balance every rank of a step draws the same branch
 count: the ranks' subnets then cost about the same, and neither waits long for the other at
 the gradient sum (with counts cycling over (step, rank) the waits were a sixth of a step).
