@@ -347,3 +347,20 @@ def test_a_run_that_fails_before_writing_leaves_nothing_it_made(space_file, tmp_
     with pytest.raises(DataError):
         train_supernet(cfg(space_file, mine, data="cityscapes:" + str(tmp_path / "missing")), progress=False)
     assert mine.is_dir() and not any(mine.iterdir())
+
+
+def test_a_bad_tensor_on_another_process_stops_this_one_too(tmp_path):
+    """Processes training different subnets hold different BatchNorm buffers: when one finds
+    a bad tensor at a checkpoint, every one stops there, and the writer keeps the last good
+    checkpoint and logs the divergence (so that --resume with a lower --lr is accepted)."""
+    out = tmp_path / "run"
+    model = torch.nn.BatchNorm2d(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    c = SupernetConfig(out=str(out)).resolved()
+    with pytest.raises(TrainingDiverged, match=r"`a tensor of another process` became NaN or infinite by step 7.*checkpoint \(step 4\)"):
+        with RunDir(out, "train-supernet", "hyctas-test-1") as run:
+            run.begin(c, model, opt, False, set(), {})
+            run.save(model, opt, 4, c, 0.5, {}, any_rank=lambda bad: bad)  # nobody's bad: written
+            run.save(model, opt, 8, c, 0.5, {}, any_rank=lambda bad: True)  # another process's is
+    assert finite_checkpoint(out) == 4
+    assert any(r.get("event") == "diverged" for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()))

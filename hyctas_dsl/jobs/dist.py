@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from hyctas_dsl.jobs.errors import JobError
 
-__all__ = ["DistInfo", "launch", "init", "resolve_device", "shutdown", "all_gather_objects", "barrier", "split", "sum_gradients"]
+__all__ = ["DistInfo", "launch", "any_rank", "init", "resolve_device", "shutdown", "all_gather_objects", "barrier", "split", "sum_gradients"]
 
 
 @dataclass(frozen=True)
@@ -201,6 +201,15 @@ def all_gather_objects(info: DistInfo, obj: Any) -> list[Any]:
 def split(items: list, info: DistInfo) -> list:
     """This rank's share of ``items`` (round-robin, so costs spread evenly)."""
     return items[info.rank :: info.world]
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """Whether ``flag`` holds on any rank (every rank must call it)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.uint8, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def sum_gradients(params: list[torch.Tensor], info: DistInfo, loss: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 
@@ -308,14 +308,19 @@ class RunDir:
         if not math.isfinite(loss):
             raise self._diverged_error(f"the loss became {loss} at step {step}", step, lr)
 
-    def save(self, model: torch.nn.Module, optimizer, step: int, cfg, loss: float, identity: dict[str, str]) -> None:
+    def save(self, model: torch.nn.Module, optimizer, step: int, cfg, loss: float, identity: dict[str, str],
+             any_rank: Optional[Callable[[bool], bool]] = None) -> None:
         """Write the checkpoint of ``step`` atomically, if every tensor is finite; otherwise
-        keep the last good one and raise :class:`TrainingDiverged`."""
+        keep the last good one and raise :class:`TrainingDiverged`. ``any_rank(bad)`` (with
+        several processes) says whether any process found a bad tensor: BatchNorm buffers
+        differ between processes that train different subnets, and all must stop together."""
         from hyctas_dsl.jobs.common import optimizer_tensors
 
         state = model.state_dict()
         optim = optimizer_tensors(model, optimizer)
         bad = _nonfinite(state.items()) or _nonfinite(optim.items())
+        if any_rank is not None and any_rank(bad is not None) and bad is None:
+            bad = "a tensor of another process"
         if bad:
             raise self._diverged_error(f"`{bad}` became NaN or infinite by step {step - 1}", step - 1, cfg.lr)
         if not self.main:  # rank 0 writes what every rank holds

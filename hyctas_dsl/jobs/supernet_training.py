@@ -185,7 +185,8 @@ def _train(cfg: SupernetConfig, run: RunDir, info: dist.DistInfo, resume: bool, 
                 run.log({"step": done, "loss": loss_value, "lr": _lr(cfg, step), "img_per_s": rate})
         # every rank checks the weights it holds, so a divergence stops them all (only rank 0 writes)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            run.save(supernet, optimizer, done, cfg, loss_value, identity)
+            run.save(supernet, optimizer, done, cfg, loss_value, identity,
+                     any_rank=(lambda bad: dist.any_rank(bad, info)) if info.enabled else None)
     meter.close()
     dist.barrier(info)
     # The final artefact, derived from the last checkpoint's weights (also when resuming a
