@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from hyctas_dsl.jobs.errors import JobError
 
-__all__ = ["DistInfo", "launch", "any_rank", "init", "resolve_device", "shutdown", "all_gather_objects", "barrier", "split", "sum_gradients"]
+__all__ = ["DistInfo", "cores", "launch", "any_rank", "init", "resolve_device", "shutdown", "all_gather_objects", "barrier", "split", "sum_gradients"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,11 @@ def init(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the OS says)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def launch(procs: int, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` in ``procs`` processes on this machine, joined as one gloo process group
     (torch elastic, as ``torchrun --standalone --nproc-per-node procs`` would), each with an
@@ -110,8 +115,7 @@ def _launch(procs: int, fn: Callable[..., Any], args: tuple) -> Any:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // procs)
+    threads = max(1, cores() // procs)
     with tempfile.TemporaryDirectory(prefix="hyctas-launch-") as errors_dir:
         config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=procs, run_id=str(uuid.uuid4()),
                               rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,

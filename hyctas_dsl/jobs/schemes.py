@@ -55,7 +55,7 @@ def step_subnets(space: Space, cfg, step: int, rank: int = 0, world: int = 1) ->
     teacher first). Every rank trains the same ones unless ``cfg.subnet_per_rank``."""
     from hyctas_dsl.search.genome import sample_arch, sample_extreme
 
-    own = bool(getattr(cfg, "subnet_per_rank", False)) and world > 1
+    own = bool(cfg.subnet_per_rank) and world > 1
     rng = np.random.default_rng([cfg.seed, step, rank] if own else [cfg.seed, step])
     if cfg.scheme == "paper":
         n = _balanced(space, step, 0, 1) if cfg.branch_balance else None

@@ -76,22 +76,8 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     other than 0). With ``procs`` > 1 and no torchrun around it, the training runs in that
     many processes started here (``dist.launch``)."""
     world = os.environ.get("WORLD_SIZE")
-    if world is not None and cfg.procs not in (None, int(world)):
-        raise ConfigError(f"--procs {cfg.procs}: torchrun started {world} processes; leave --procs out under torchrun")
-    per_rank_given = cfg.subnet_per_rank is not None
-    cfg = cfg.resolved()
-    procs = int(world) if world is not None else cfg.procs or (_saved_procs(cfg) if resume else None) or _default_procs(cfg)
-    cfg = cfg.model_copy(update={"procs": procs})
-    if procs == 1 and not per_rank_given:  # one process has no ranks to differ: recorded as runs before the option
-        cfg = cfg.model_copy(update={"subnet_per_rank": False})
+    cfg = _with_processes(cfg, int(world) if world is not None else None, resume)
     # checked before any process starts or the run directory is touched
-    if cfg.procs > 1 and cfg.batch < 2 * cfg.procs:  # BatchNorm on a 1x1 map needs 2 images
-        raise ConfigError(f"--batch {cfg.batch} over {cfg.procs} processes leaves fewer than 2 images per process; "
-                          f"use --batch {2 * cfg.procs} or more, or --procs 1")
-    dev = dist.resolve_device(cfg.device)
-    if world is None and dev.type != "cpu" and cfg.procs > (torch.cuda.device_count() if dev.type == "cuda" else 1):
-        raise ConfigError(f"--procs {cfg.procs} on {dev.type}: one process per device, and this machine has "
-                          f"{torch.cuda.device_count() if dev.type == 'cuda' else 1}")
     space = resolve_space(cfg.space)
     if cfg.output_stride_aux > 0 and len(space.output_strides) < 2:
         raise ConfigError(f"--output-stride-aux trains the head at a second output stride, but space `{space.name}` "
@@ -99,6 +85,32 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     if world is None and cfg.procs > 1:
         return dist.launch(cfg.procs, _train_in_process, cfg, resume, progress)
     return _train_in_process(cfg, resume, progress)
+
+
+def _with_processes(cfg: SupernetConfig, world: int | None, resume: bool) -> SupernetConfig:
+    """``cfg`` resolved, with its process count: torchrun's world size when it started this
+    one; else ``--procs``; else, on ``--resume``, what the run used; else two on the embedded
+    digits on a CPU (a step of its tiny networks does not get faster with a second thread, so
+    the second core trains a second subnet: docs/search_quality.md), one elsewhere. Checked
+    before any process starts."""
+    if world is not None and cfg.procs not in (None, world):
+        raise ConfigError(f"--procs {cfg.procs}: torchrun started {world} processes; leave --procs out under torchrun")
+    per_rank_given = cfg.subnet_per_rank is not None
+    cfg = cfg.resolved()
+    dev = dist.resolve_device(cfg.device)
+    digits = cfg.data.split(":")[0] == "digits"
+    procs = world or cfg.procs or (_saved_procs(cfg) if resume else None) or (
+        min(2, dist.cores()) if digits and dev.type == "cpu" else 1)
+    cfg = cfg.model_copy(update={"procs": procs})
+    if procs == 1 and not per_rank_given:  # one process has no ranks to differ: recorded as runs before the option
+        cfg = cfg.model_copy(update={"subnet_per_rank": False})
+    if procs > 1 and cfg.batch < 2 * procs:  # BatchNorm on a 1x1 map needs 2 images
+        raise ConfigError(f"--batch {cfg.batch} over {procs} processes leaves fewer than 2 images per process; "
+                          f"use --batch {2 * procs} or more, or --procs 1")
+    devices = torch.cuda.device_count() if dev.type == "cuda" else 1
+    if world is None and dev.type != "cpu" and procs > devices:
+        raise ConfigError(f"--procs {procs} on {dev.type}: one process per device, and this machine has {devices}")
+    return cfg
 
 
 def _saved_procs(cfg: SupernetConfig) -> int | None:
@@ -111,15 +123,6 @@ def _saved_procs(cfg: SupernetConfig) -> int | None:
         return int(saved["config"].get("procs") or saved["world_size"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # no readable record: the run directory's own checks report it
-
-
-def _default_procs(cfg: SupernetConfig) -> int:
-    """Two processes on the embedded digits on a CPU: a step of its tiny networks does not get
-    faster with a second thread, so the second core trains a second subnet instead
-    (docs/search_quality.md)."""
-    digits = cfg.data.split(":")[0] == "digits"
-    cpu = dist.resolve_device(cfg.device).type == "cpu"
-    return min(2, os.cpu_count() or 1) if digits and cpu else 1
 
 
 def _train_in_process(cfg: SupernetConfig, resume: bool, progress: bool) -> SupernetResult | None:
