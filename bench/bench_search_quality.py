@@ -63,6 +63,19 @@ def scratch_miou(job: tuple) -> float:
     return miou
 
 
+def ranking_subnets(space, per_branch: int, seed: int) -> list:
+    """The ranked subnets: ``per_branch`` per branch count, named ``b{branches}_{i}``, drawn
+    from one random stream per branch count so that a larger ``per_branch`` extends the
+    sample instead of reshuffling it."""
+    from hyctas_dsl.search.genome import sample_arch
+
+    out = []
+    for nb in range(1, space.max_branches + 1):
+        rng = np.random.default_rng([seed, 7, nb])
+        out += [sample_arch(space, rng, n_branches=nb, name=f"b{nb}_{i}") for i in range(per_branch)]
+    return out
+
+
 def body_zeroed_miou(ev, supernet, arch) -> float:
     """The subnet's supernet mIoU with its body's outputs replaced by zeros at the head (the
     stem's stride-4 feature kept): how much of its score the stem alone carries."""
@@ -157,14 +170,11 @@ def main() -> int:
 
     # 1 + 2: sampled subnets, supernet estimate now, from-scratch runs in the background.
     subnets = []
-    for nb in range(1, space.max_branches + 1):
-        rng = np.random.default_rng([args.seed, 7, nb])  # one stream per branch count: --per-branch extends, never reshuffles
-        for i in range(args.per_branch):
-            arch = sample_arch(space, rng, n_branches=nb, name=f"b{nb}_{i}")
-            r = ev(arch)
-            futs = [] if "ranking" in skip else [submit(arch, f"rank_{arch.name}_s{s}", s) for s in range(args.seeds)]
-            subnets.append({"arch": arch, "est": r["miou"], "est_sd": r["miou_sd"], "futs": futs,
-                            "zeroed": body_zeroed_miou(ev, supernet, arch)})
+    for arch in ranking_subnets(space, args.per_branch, args.seed):
+        r = ev(arch)
+        futs = [] if "ranking" in skip else [submit(arch, f"rank_{arch.name}_s{s}", s) for s in range(args.seeds)]
+        subnets.append({"arch": arch, "est": r["miou"], "est_sd": r["miou_sd"], "futs": futs,
+                        "zeroed": body_zeroed_miou(ev, supernet, arch)})
 
     print("## 1. Every branch count learns (supernet mIoU, background floor "
           f"{100 * floor:.1f})\n")
