@@ -201,6 +201,10 @@ def main() -> int:
                   flush=True)
         rows = [("all", subnets)] + [(f"{nb} branch{'es' * (nb > 1)}", [s for s in subnets if len(s["arch"].branches) == nb])
                                      for nb in range(1, space.max_branches + 1)]
+        # within one output stride: whether the supernet orders what its cells do, beyond the
+        # output stride alone (docs/search_quality.md, item 6)
+        rows += [(f"output stride {o}", [s for s in subnets if s["arch"].head.output_stride == o])
+                 for o in sorted({s["arch"].head.output_stride for s in subnets}, reverse=True)]
         print("\n| subnets | n | Pearson rho | Kendall tau |")
         print("|---|---:|---:|---:|")
         for label, rs in rows:

@@ -285,6 +285,75 @@ def test_a_run_from_before_an_option_existed_resumes_as_it_trained(space_file, t
     assert weights(out)
 
 
+def test_stem_drop_draws_its_own_stream_and_leaves_the_archs_alone():
+    from hyctas_dsl.jobs.schemes import step_subnets
+    from hyctas_dsl.language.api import canonical_key
+
+    space = _space()
+    plain = SupernetConfig(data=DATA, seed=3).resolved()
+    half = SupernetConfig(data=DATA, seed=3, stem_drop=0.5).resolved()
+    drops = []
+    for k in range(200):
+        a, b = step_subnets(space, plain, k), step_subnets(space, half, k)
+        assert [canonical_key(s.arch) for s in a] == [canonical_key(s.arch) for s in b]  # same subnets
+        assert not any(s.drop_stem for s in a)
+        drops.append(b[0].drop_stem)
+        assert b == step_subnets(space, half, k)  # a pure function of (seed, step): resume stays exact
+    assert 70 < sum(drops) < 130
+
+
+def test_stem_drop_gives_the_head_zeros_for_the_stems_feature():
+    from hyctas_dsl.compiler import Supernet
+    from hyctas_dsl.jobs.schemes import StepSubnet, train_step
+    from hyctas_dsl.search.genome import sample_arch
+    import numpy as np
+
+    torch.manual_seed(0)
+    space = _space()
+    net = Supernet(space, classes=3)
+    rng = np.random.default_rng(0)
+    arch = next(a for a in (sample_arch(space, rng) for _ in range(50)) if a.head.output_stride == 4)
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+
+    def grads(drop):
+        net.zero_grad()
+        train_step(net, [StepSubnet("random", arch, drop)], x, y, float(y.numel()), distill=0.0)
+        return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    kept, dropped = grads(False), grads(True)
+    proj4 = [n for n in kept if ".proj4." in n and n.endswith("conv.weight")]
+    assert proj4 and all(kept[n].abs().sum() > 0 for n in proj4)
+    assert all(dropped[n].abs().sum() == 0 for n in proj4)  # its input was zeros
+    assert any(not torch.equal(kept[n], dropped[n]) for n in kept if n.startswith("cells."))
+    view = net.subnet(arch)
+    assert not view.net.head._forward_pre_hooks  # a fresh view: the step's hook went with its own
+
+
+def test_stem_drop_resume_is_exact_and_takes_effect(space_file, tmp_path):
+    torch.set_num_threads(1)
+    straight, split, plain = tmp_path / "straight", tmp_path / "split", tmp_path / "plain"
+    train_supernet(cfg(space_file, straight, stem_drop=0.9), progress=False)
+    train_supernet(cfg(space_file, split, steps=3, stem_drop=0.9), progress=False)
+    train_supernet(cfg(space_file, split, steps=6, stem_drop=0.9), resume=True, progress=False)
+    a, b = weights(straight), weights(split)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    train_supernet(cfg(space_file, plain), progress=False)
+    assert any(not torch.equal(a[k], weights(plain)[k]) for k in a)
+    with pytest.raises(ResumeMismatch, match="stem_drop"):
+        train_supernet(cfg(space_file, straight, steps=8, stem_drop=0.0), resume=True, progress=False)
+
+
+def test_stem_drop_needs_output_stride_4(tmp_path):
+    from hyctas_dsl.jobs.errors import ConfigError
+
+    one = tmp_path / "one.hy"
+    one.write_text(TINY_SPACE.replace("output_strides 8 4", "output_strides 8"))
+    with pytest.raises(ConfigError, match="no output stride 4"):
+        train_supernet(cfg(str(one), tmp_path / "run", stem_drop=0.5), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_output_stride_aux_needs_two_output_strides(tmp_path):
     from hyctas_dsl.jobs.errors import ConfigError
 

@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
         distill: Optional[float] = typer.Option(None, "--distill", help="sandwich: in-place distillation weight, 0..1 [default: 0]."),
         branch_balance: Optional[bool] = typer.Option(None, "--branch-balance/--branch-prior", help="Branch counts in turn, or drawn from the space's prior [default: balance on the embedded digits, else the prior].", show_default=False),
         output_stride_aux: Optional[float] = typer.Option(None, "--output-stride-aux", help="Also train each sampled subnet's head at the other output stride, on the same forward of its body, with this loss weight; 0: off [default: 0]."),
+        stem_drop: Optional[float] = typer.Option(None, "--stem-drop", help="Probability per subnet and step that the head gets zeros in place of the stem's stride-4 feature (its stride-4 merge must then use the cells), 0..1 [default: 0]."),
         procs: Optional[int] = typer.Option(None, "--procs", help="Processes training in parallel on this machine [default: 2 on the embedded digits on a CPU with 2+ cores, else 1]."),
         subnet_per_rank: Optional[bool] = typer.Option(None, "--subnet-per-rank/--same-subnet", help="With several processes, each trains its own sampled subnet per step, or all the same one [default: own on the embedded digits].", show_default=False),
         shared_classifier: Optional[bool] = typer.Option(None, "--shared-classifier/--per-head-classifier", help=f"One classifier for every head, or one per head [default: {_SHARED_DEFAULT}].", show_default=False),
@@ -68,7 +69,7 @@ def register(app: typer.Typer) -> None:
             optimizer=optimizer, lr=lr, lr_decay=lr_decay, decay_every=decay_every, seed=seed,
             checkpoint_every=checkpoint_every, workers=workers, device=device, scheme=scheme,
             random_subnets=random_subnets, distill=distill, branch_balance=branch_balance,
-            shared_classifier=shared_classifier, output_stride_aux=output_stride_aux, procs=procs,
+            shared_classifier=shared_classifier, output_stride_aux=output_stride_aux, stem_drop=stem_drop, procs=procs,
             subnet_per_rank=subnet_per_rank,
         ))
 

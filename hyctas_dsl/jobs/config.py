@@ -100,6 +100,10 @@ class SupernetConfig(_Config):
         None, ge=0, description="weight of the loss at the head's other output stride on every step (the body runs once); "
         "0: off; default: 0"
     )
+    stem_drop: Optional[float] = Field(
+        None, ge=0, le=1, description="probability per subnet and step that the head gets zeros in place of the stem's "
+        "stride-4 feature, so output-stride-4 subnets are scored by their cells too; default: 0"
+    )
     procs: Optional[int] = Field(
         None, ge=1, le=64, description="processes training in parallel on this machine (gloo; under torchrun, its world "
         "size); default: 1, but 2 on the embedded digits on a CPU with 2 or more cores"
@@ -120,7 +124,7 @@ class SupernetConfig(_Config):
 
 
     # What runs from before an option existed did, for resuming them exactly.
-    LEGACY: ClassVar[dict[str, Any]] = {"procs": 1, "subnet_per_rank": False}
+    LEGACY: ClassVar[dict[str, Any]] = {"procs": 1, "subnet_per_rank": False, "stem_drop": 0.0}
 
     def resolved(self) -> "SupernetConfig":
         """Fill the data-dependent defaults. The paper's SGD at lr 0.02 needs far more than a
@@ -137,11 +141,12 @@ class SupernetConfig(_Config):
         distill = self.distill if self.distill is not None else 0.0
         balance = self.branch_balance if self.branch_balance is not None else digits
         aux = self.output_stride_aux if self.output_stride_aux is not None else 0.0
+        stem_drop = self.stem_drop if self.stem_drop is not None else 0.0
         per_rank = self.subnet_per_rank if self.subnet_per_rank is not None else digits
         # the digits' 10000 steps decay as the demo's 3000 did every 30: the same lr curve, stretched
         decay_every = self.decay_every or (100 if digits else 30)
         return self.model_copy(update={"optimizer": opt, "lr": lr, "scheme": scheme, "distill": distill, "branch_balance": balance,
-                                       "output_stride_aux": aux, "subnet_per_rank": per_rank,
+                                       "output_stride_aux": aux, "stem_drop": stem_drop, "subnet_per_rank": per_rank,
                                        "decay_every": decay_every})
 
 

@@ -19,6 +19,12 @@
 the same forward of its cells (deep supervision of the stride-8 path, which the stem's
 stride-4 feature otherwise lets the classifier ignore; measured in docs/search_quality.md).
 
+``stem_drop`` > 0: with that probability per subnet and step, the head is given zeros in place
+of the stem's stride-4 feature (a drop-path on the stem's shortcut to the head), so the shared
+stride-4 merge cannot score output-stride-4 subnets by the stem alone and has to use what the
+cells give it (measured in docs/search_quality.md, item 8). Drawn from its own stream of
+(seed, step, rank), so the subnets a step trains are the same with and without it.
+
 ``subnet_per_rank`` (with several processes): each rank draws its own subnets from (seed,
 step, rank), so a step trains one subnet per rank, each on that rank's share of the batch,
 their gradients averaged into one optimizer step (as DistributedDataParallel averages).
@@ -48,14 +54,27 @@ __all__ = ["StepSubnet", "step_subnets", "train_step", "distill_loss"]
 class StepSubnet(NamedTuple):
     role: str  # "largest", "smallest" or "random"
     arch: Arch
+    drop_stem: bool = False  # the head gets zeros for the stem's stride-4 feature (``stem_drop``)
 
 
 def step_subnets(space: Space, cfg, step: int, rank: int = 0, world: int = 1) -> list[StepSubnet]:
     """The subnets step ``step`` trains on rank ``rank`` of ``world``, in training order (the
     teacher first). Every rank trains the same ones unless ``cfg.subnet_per_rank``."""
+    own = bool(cfg.subnet_per_rank) and world > 1
+    out = _step_archs(space, cfg, step, rank, own)
+    p = cfg.stem_drop or 0.0
+    if p > 0:  # its own stream: the archs stay what they are without it
+        drops = np.random.default_rng([cfg.seed, step, rank if own else 0, _STEM_DROP_STREAM]).random(len(out)) < p
+        out = [s._replace(drop_stem=bool(d)) for s, d in zip(out, drops)]
+    return out
+
+
+_STEM_DROP_STREAM = 5_000_011
+
+
+def _step_archs(space: Space, cfg, step: int, rank: int, own: bool) -> list[StepSubnet]:
     from hyctas_dsl.search.genome import sample_arch, sample_extreme
 
-    own = bool(cfg.subnet_per_rank) and world > 1
     rng = np.random.default_rng([cfg.seed, step, rank] if own else [cfg.seed, step])
     if cfg.scheme == "paper":
         n = _balanced(space, step, 0, 1) if cfg.branch_balance else None
@@ -72,6 +91,12 @@ def step_subnets(space: Space, cfg, step: int, rank: int = 0, world: int = 1) ->
 
 def _balanced(space: Space, step: int, i: int, per_step: int) -> int:
     return 1 + (step * per_step + i) % space.max_branches
+
+
+def _zero_stem(_head, args):
+    """Forward pre-hook of a head (``feats, x4``): zeros in place of the stem's stride-4 feature."""
+    feats, x4 = args
+    return feats, torch.zeros_like(x4)
 
 
 def distill_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor, normalizer: float) -> torch.Tensor:
@@ -102,6 +127,8 @@ def train_step(supernet, subnets: list[StepSubnet], x: torch.Tensor, y: torch.Te
     strides = tuple(supernet.space.output_strides)
     for sub in subnets:
         view = supernet.subnet(sub.arch)
+        if sub.drop_stem:  # the view is this step's own module: the hook goes with it
+            view.net.head.register_forward_pre_hook(_zero_stem)
         own = sub.arch.head.output_stride
         if output_stride_aux > 0 and len(strides) > 1:
             outs = view.forward_output_strides(x, strides)

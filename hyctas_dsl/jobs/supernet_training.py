@@ -82,6 +82,9 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     if cfg.output_stride_aux > 0 and len(space.output_strides) < 2:
         raise ConfigError(f"--output-stride-aux trains the head at a second output stride, but space `{space.name}` "
                           f"offers one ({space.output_strides[0]})")
+    if cfg.stem_drop > 0 and 4 not in space.output_strides:
+        raise ConfigError(f"--stem-drop drops the stem's stride-4 feature from output-stride-4 heads, but space "
+                          f"`{space.name}` has no output stride 4 ({', '.join(map(str, space.output_strides))})")
     if world is None and cfg.procs > 1:
         return dist.launch(cfg.procs, _train_in_process, cfg, resume, progress)
     return _train_in_process(cfg, resume, progress)
