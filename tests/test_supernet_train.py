@@ -290,7 +290,7 @@ def test_stem_drop_draws_its_own_stream_and_leaves_the_archs_alone():
     from hyctas_dsl.language.api import canonical_key
 
     space = _space()
-    plain = SupernetConfig(data=DATA, seed=3).resolved()
+    plain = SupernetConfig(data=DATA, seed=3, stem_drop=0.0).resolved()
     half = SupernetConfig(data=DATA, seed=3, stem_drop=0.5).resolved()
     drops = []
     for k in range(200):
@@ -338,7 +338,7 @@ def test_stem_drop_resume_is_exact_and_takes_effect(space_file, tmp_path):
     a, b = weights(straight), weights(split)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    train_supernet(cfg(space_file, plain), progress=False)
+    train_supernet(cfg(space_file, plain, stem_drop=0.0), progress=False)
     assert any(not torch.equal(a[k], weights(plain)[k]) for k in a)
     with pytest.raises(ResumeMismatch, match="stem_drop"):
         train_supernet(cfg(space_file, straight, steps=8, stem_drop=0.0), resume=True, progress=False)
@@ -352,6 +352,10 @@ def test_stem_drop_needs_output_stride_4(tmp_path):
     with pytest.raises(ConfigError, match="no output stride 4"):
         train_supernet(cfg(str(one), tmp_path / "run", stem_drop=0.5), progress=False)
     assert not (tmp_path / "run").exists()
+    # the digits' default (0.5) applies where there is a stride-4 feature to drop
+    train_supernet(cfg(str(one), tmp_path / "default"), progress=False)
+    assert json.loads((tmp_path / "default" / "config.json").read_text())["config"]["stem_drop"] == 0.0
+    assert SupernetConfig(data=DATA).resolved().stem_drop == 0.5 and SupernetConfig(data="folder:x").resolved().stem_drop == 0.0
 
 
 def test_output_stride_aux_needs_two_output_strides(tmp_path):

@@ -76,9 +76,12 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     other than 0). With ``procs`` > 1 and no torchrun around it, the training runs in that
     many processes started here (``dist.launch``)."""
     world = os.environ.get("WORLD_SIZE")
+    stem_drop_given = cfg.stem_drop is not None
     cfg = _with_processes(cfg, int(world) if world is not None else None, resume)
     # checked before any process starts or the run directory is touched
     space = resolve_space(cfg.space)
+    if not stem_drop_given and 4 not in space.output_strides:  # the default drops what the space does not have
+        cfg = cfg.model_copy(update={"stem_drop": 0.0})
     if cfg.output_stride_aux > 0 and len(space.output_strides) < 2:
         raise ConfigError(f"--output-stride-aux trains the head at a second output stride, but space `{space.name}` "
                           f"offers one ({space.output_strides[0]})")
