@@ -179,7 +179,7 @@ def main() -> int:
     print(f"# search quality on `{args.data}` ({space.name} space)\n")
     print(f"supernet {sn_path}: {sn_cfg.get('steps', '?')} steps, scheme {sn_cfg.get('scheme', 'paper')}, "
           f"distill {sn_cfg.get('distill', 0)}, branch balance {sn_cfg.get('branch_balance', False)}, "
-          f"output stride aux {sn_cfg.get('output_stride_aux', 0)}; "
+          f"output stride aux {sn_cfg.get('output_stride_aux', 0)}, stem drop {sn_cfg.get('stem_drop', 0)}; "
           f"from scratch: {args.steps} steps, batch 8, {args.optimizer} lr {args.lr}; {n_val} validation images, "
           f"BN recalibrated on {args.bn_images}; ± is the sd over 200 bootstrap resamples of the validation images "
           f"(supernet) or over {args.seeds} seeds (from scratch)\n")
