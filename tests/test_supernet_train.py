@@ -344,6 +344,30 @@ def test_stem_drop_resume_is_exact_and_takes_effect(space_file, tmp_path):
         train_supernet(cfg(space_file, straight, steps=8, stem_drop=0.0), resume=True, progress=False)
 
 
+def test_a_run_from_before_stem_drop_resumes_as_it_trained(space_file, tmp_path):
+    """The digits' default is now 0.5; a run that recorded no stem_drop trained without it and
+    continues so when resumed without the option (as --procs does)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    straight, old = tmp_path / "straight", tmp_path / "old"
+    train_supernet(cfg(space_file, straight, stem_drop=0.0), progress=False)
+    train_supernet(cfg(space_file, old, steps=3, stem_drop=0.0), progress=False)
+    ck = old / "checkpoint.safetensors"
+    with safe_open(str(ck), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(meta["config"])
+    del config["stem_drop"]
+    save_file(tensors, str(ck), metadata={**meta, "config": json.dumps(config)})
+    record = json.loads((old / "config.json").read_text())
+    del record["config"]["stem_drop"]
+    (old / "config.json").write_text(json.dumps(record))
+    train_supernet(cfg(space_file, old, steps=6), resume=True, progress=False)
+    a, b = weights(straight), weights(old)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_stem_drop_needs_output_stride_4(tmp_path):
     from hyctas_dsl.jobs.errors import ConfigError
 

@@ -80,8 +80,8 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     cfg = _with_processes(cfg, int(world) if world is not None else None, resume)
     # checked before any process starts or the run directory is touched
     space = resolve_space(cfg.space)
-    if not stem_drop_given and 4 not in space.output_strides:  # the default drops what the space does not have
-        cfg = cfg.model_copy(update={"stem_drop": 0.0})
+    if not stem_drop_given:
+        cfg = cfg.model_copy(update={"stem_drop": _default_stem_drop(cfg, space, resume)})
     if cfg.output_stride_aux > 0 and len(space.output_strides) < 2:
         raise ConfigError(f"--output-stride-aux trains the head at a second output stride, but space `{space.name}` "
                           f"offers one ({space.output_strides[0]})")
@@ -119,16 +119,39 @@ def _with_processes(cfg: SupernetConfig, world: int | None, resume: bool) -> Sup
     return cfg
 
 
-def _saved_procs(cfg: SupernetConfig) -> int | None:
-    """The processes a run being resumed used (its saved world size: runs from before
-    ``--procs`` record only that), so that it continues as it trained on any machine."""
+def _saved_record(cfg: SupernetConfig) -> dict | None:
+    """The run directory's config.json, or None where there is no readable one (the run
+    directory's own checks report that)."""
     import json
 
     try:
         saved = json.loads((Path(cfg.out) / "config.json").read_text(encoding="utf-8"))
-        return int(saved["config"].get("procs") or saved["world_size"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # no readable record: the run directory's own checks report it
+        return saved if isinstance(saved.get("config"), dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _saved_procs(cfg: SupernetConfig) -> int | None:
+    """The processes a run being resumed used (its saved world size: runs from before
+    ``--procs`` record only that), so that it continues as it trained on any machine."""
+    saved = _saved_record(cfg)
+    try:
+        return int(saved["config"].get("procs") or saved["world_size"]) if saved else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _default_stem_drop(cfg: SupernetConfig, space, resume: bool) -> float:
+    """``stem_drop`` when ``--stem-drop`` is not given: a resumed run keeps its own (0 for runs
+    from before the option), a new one the data's default where the space has a stride-4
+    feature to drop."""
+    saved = _saved_record(cfg) if resume else None
+    if saved is not None:
+        try:
+            return float(saved["config"].get("stem_drop", SupernetConfig.LEGACY["stem_drop"]))
+        except (TypeError, ValueError):
+            pass  # not a value this program wrote: the run directory's checks report the mismatch
+    return cfg.stem_drop if 4 in space.output_strides else 0.0
 
 
 def _train_in_process(cfg: SupernetConfig, resume: bool, progress: bool) -> SupernetResult | None:
