@@ -264,21 +264,31 @@ def test_output_stride_aux_resume_is_exact(space_file, tmp_path):
     assert any(not torch.equal(a[k], weights(plain)[k]) for k in a)  # the option takes effect
 
 
-def test_a_run_from_before_an_option_existed_resumes_as_it_trained(space_file, tmp_path):
-    """A checkpoint whose saved config lacks an option added later resumes when the option
-    resolves to what the run did, and is refused when it asks for something else."""
+def _forget_option(out, key: str, record: bool = False) -> None:
+    """Make ``out`` look like a run from before option ``key`` existed: gone from its
+    checkpoint's saved config (and from config.json with ``record``)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    torch.set_num_threads(1)
-    out = tmp_path / "old"
-    train_supernet(cfg(space_file, out, steps=3), progress=False)
     ck = out / "checkpoint.safetensors"
     with safe_open(str(ck), framework="pt") as f:
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
     config = json.loads(meta["config"])
-    del config["output_stride_aux"]
+    del config[key]
     save_file(tensors, str(ck), metadata={**meta, "config": json.dumps(config)})
+    if record:
+        saved = json.loads((out / "config.json").read_text())
+        del saved["config"][key]
+        (out / "config.json").write_text(json.dumps(saved))
+
+
+def test_a_run_from_before_an_option_existed_resumes_as_it_trained(space_file, tmp_path):
+    """A checkpoint whose saved config lacks an option added later resumes when the option
+    resolves to what the run did, and is refused when it asks for something else."""
+    torch.set_num_threads(1)
+    out = tmp_path / "old"
+    train_supernet(cfg(space_file, out, steps=3), progress=False)
+    _forget_option(out, "output_stride_aux")
     with pytest.raises(ResumeMismatch, match="output_stride_aux"):
         train_supernet(cfg(space_file, out, steps=6, output_stride_aux=0.5), resume=True, progress=False)
     train_supernet(cfg(space_file, out, steps=6), resume=True, progress=False)
@@ -347,22 +357,11 @@ def test_stem_drop_resume_is_exact_and_takes_effect(space_file, tmp_path):
 def test_a_run_from_before_stem_drop_resumes_as_it_trained(space_file, tmp_path):
     """The digits' default is now 0.5; a run that recorded no stem_drop trained without it and
     continues so when resumed without the option (as --procs does)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     torch.set_num_threads(1)
     straight, old = tmp_path / "straight", tmp_path / "old"
     train_supernet(cfg(space_file, straight, stem_drop=0.0), progress=False)
     train_supernet(cfg(space_file, old, steps=3, stem_drop=0.0), progress=False)
-    ck = old / "checkpoint.safetensors"
-    with safe_open(str(ck), framework="pt") as f:
-        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
-    config = json.loads(meta["config"])
-    del config["stem_drop"]
-    save_file(tensors, str(ck), metadata={**meta, "config": json.dumps(config)})
-    record = json.loads((old / "config.json").read_text())
-    del record["config"]["stem_drop"]
-    (old / "config.json").write_text(json.dumps(record))
+    _forget_option(old, "stem_drop", record=True)
     train_supernet(cfg(space_file, old, steps=6), resume=True, progress=False)
     a, b = weights(straight), weights(old)
     assert all(torch.equal(a[k], b[k]) for k in a)
