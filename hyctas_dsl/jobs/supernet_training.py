@@ -76,9 +76,24 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     other than 0). With ``procs`` > 1 and no torchrun around it, the training runs in that
     many processes started here (``dist.launch``)."""
     world = os.environ.get("WORLD_SIZE")
-    stem_drop_given = cfg.stem_drop is not None
-    cfg = _with_processes(cfg, int(world) if world is not None else None, resume)
-    # checked before any process starts or the run directory is touched
+    cfg = _run_options(cfg, int(world) if world is not None else None, resume)
+    if world is None and cfg.procs > 1:
+        return dist.launch(cfg.procs, _train_in_process, cfg, resume, progress)
+    return _train_in_process(cfg, resume, progress)
+
+
+def _run_options(cfg: SupernetConfig, world: int | None, resume: bool) -> SupernetConfig:
+    """``cfg`` resolved for this run and checked, before any process starts or the run
+    directory is touched. Its process count: torchrun's world size when it started this one;
+    else ``--procs``; else, on ``--resume``, what the run used; else two on the embedded
+    digits on a CPU (a step of its tiny networks does not get faster with a second thread, so
+    the second core trains a second subnet: docs/search_quality.md), one elsewhere. Its stem
+    drop: ``--stem-drop``; else, on ``--resume``, what the run used; else the data's default
+    where the space has a stride-4 feature to drop."""
+    if world is not None and cfg.procs not in (None, world):
+        raise ConfigError(f"--procs {cfg.procs}: torchrun started {world} processes; leave --procs out under torchrun")
+    per_rank_given, stem_drop_given = cfg.subnet_per_rank is not None, cfg.stem_drop is not None
+    cfg = cfg.resolved()
     space = resolve_space(cfg.space)
     if not stem_drop_given:
         cfg = cfg.model_copy(update={"stem_drop": _default_stem_drop(cfg, space, resume)})
@@ -88,21 +103,6 @@ def train_supernet(cfg: SupernetConfig, resume: bool = False, progress: bool = T
     if cfg.stem_drop > 0 and 4 not in space.output_strides:
         raise ConfigError(f"--stem-drop drops the stem's stride-4 feature from output-stride-4 heads, but space "
                           f"`{space.name}` has no output stride 4 ({', '.join(map(str, space.output_strides))})")
-    if world is None and cfg.procs > 1:
-        return dist.launch(cfg.procs, _train_in_process, cfg, resume, progress)
-    return _train_in_process(cfg, resume, progress)
-
-
-def _with_processes(cfg: SupernetConfig, world: int | None, resume: bool) -> SupernetConfig:
-    """``cfg`` resolved, with its process count: torchrun's world size when it started this
-    one; else ``--procs``; else, on ``--resume``, what the run used; else two on the embedded
-    digits on a CPU (a step of its tiny networks does not get faster with a second thread, so
-    the second core trains a second subnet: docs/search_quality.md), one elsewhere. Checked
-    before any process starts."""
-    if world is not None and cfg.procs not in (None, world):
-        raise ConfigError(f"--procs {cfg.procs}: torchrun started {world} processes; leave --procs out under torchrun")
-    per_rank_given = cfg.subnet_per_rank is not None
-    cfg = cfg.resolved()
     dev = dist.resolve_device(cfg.device)
     digits = cfg.data.split(":")[0] == "digits"
     procs = world or cfg.procs or (_saved_procs(cfg) if resume else None) or (
@@ -142,9 +142,8 @@ def _saved_procs(cfg: SupernetConfig) -> int | None:
 
 
 def _default_stem_drop(cfg: SupernetConfig, space, resume: bool) -> float:
-    """``stem_drop`` when ``--stem-drop`` is not given: a resumed run keeps its own (0 for runs
-    from before the option), a new one the data's default where the space has a stride-4
-    feature to drop."""
+    """``stem_drop`` when ``--stem-drop`` is not given (see :func:`_run_options`; 0 for runs
+    from before the option)."""
     saved = _saved_record(cfg) if resume else None
     if saved is not None:
         try:
